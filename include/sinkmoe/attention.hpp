@@ -1,0 +1,99 @@
+#pragma once
+// attention<Sink, Gate, Mask, Route, Score>: composes the five policy slots (design.md section 3)
+// and dispatches to a backend. Vanilla, Sink and Gated attention are aliases over it.
+
+#include <cstdint>
+
+#include <sinkmoe/args.hpp>
+#include <sinkmoe/core/error.hpp>
+#include <sinkmoe/exec.hpp>
+#include <sinkmoe/host/backward.hpp>
+#include <sinkmoe/host/forward.hpp>
+#include <sinkmoe/policy/concepts.hpp>
+#include <sinkmoe/policy/gate.hpp>
+#include <sinkmoe/policy/mask.hpp>
+#include <sinkmoe/policy/route.hpp>
+#include <sinkmoe/policy/score.hpp>
+#include <sinkmoe/policy/sink.hpp>
+#include <sinkmoe/validate.hpp>
+
+namespace sinkmoe {
+
+/// Attention composed from policies. Route defaults to route::deduced (output gate if there is
+/// one, else sink mass); Score defaults to the plain scaled dot product.
+template <sink_policy Sink, gate_policy Gate, mask_policy Mask, class Route = route::deduced,
+          score_policy Score = score::scaled>
+struct attention {
+  using sink_type = Sink;
+  using gate_type = Gate;
+  using mask_type = Mask;
+  using route_type = route::resolve_t<Route, Gate>;
+  using score_type = Score;
+  static_assert(route_policy<route_type>, "Route does not satisfy sinkmoe::route_policy");
+  static_assert(!route_type::uses_gate || Gate::enabled,
+                "this route reads the output gate, but the gate policy is gate::none");
+
+  /// True when the router value of the query at absolute position 0 is structurally 0 (vanilla:
+  /// its only key is the sink), so balancing leaves that query out (paper.md section 5).
+  static constexpr bool excludes_first_query = Sink::first_key_is_sink && route_type::uses_sink;
+
+  /// Checks every argument; throws sinkmoe::error naming the first bad one. Writes nothing.
+  template <class T>
+  static problem_shape validate(const forward_args<T>& args) {
+    return detail::validate_forward<Sink, Gate, Mask, Score>(args);
+  }
+  template <class T>
+  static problem_shape validate(const forward_args<T>& args, const backward_args<T>& grads) {
+    return detail::validate_backward<Sink, Gate, Mask, Score>(args, grads);
+  }
+
+  /// Writes out, and lse / router / first_key_mass where given.
+  template <class T>
+  static void forward(const exec::host& ex, const forward_args<T>& args) {
+    const problem_shape shape = validate(args);
+    host::forward<attention>(ex, args, shape);
+  }
+
+  /// Writes dq, dk, dv (and dsinks, dgate_logits) from dout and the optional dL/dG (drouter,
+  /// e.g. from balance) and dL/d(lse). Needs the forward's out and lse.
+  template <class T>
+  static void backward(const exec::host& ex, const forward_args<T>& args,
+                       const backward_args<T>& grads) {
+    const problem_shape shape = validate(args, grads);
+    host::backward<attention>(ex, args, grads, shape);
+  }
+
+  /// Marks the query rows [B, Tq] whose router values count towards head importance: rows that
+  /// see at least one key, minus the vanilla first query, and (if given) where token_mask != 0.
+  template <class T>
+  static void counted_tokens(const forward_args<T>& args, tensor_view<std::uint8_t, 2> counted,
+                             tensor_view<const std::uint8_t, 2> token_mask = {}) {
+    const problem_shape shape = validate(args);
+    detail::require_shape("counted", counted, {shape.batch, shape.tq});
+    if (!token_mask.empty()) detail::require_shape("token_mask", token_mask, {shape.batch, shape.tq});
+    for (int s = 0; s < shape.num_seqs; ++s) {
+      const sequence_span span = sequence_at(shape, args.varlen, s);
+      const Mask mask(args.params, span.tq, span.tk);
+      for (int t = 0; t < span.tq; ++t) {
+        const int row = span.q_begin + t;
+        bool counts = host::detail::row_has_visible_key(mask, t);
+        const int position = t + mask::detail::diagonal_offset(args.params, span.tq, span.tk);
+        if (excludes_first_query && position == 0) counts = false;
+        if (!token_mask.empty() && token_mask(span.batch_index, row) == 0) counts = false;
+        counted(span.batch_index, row) = counts ? 1 : 0;
+      }
+    }
+  }
+};
+
+/// Vanilla softmax attention; the first token is the sink (G = 1 - P[t, 0]).
+template <class Mask = mask::causal>
+using vanilla_attention = attention<sink::none, gate::none, Mask>;
+/// GPT-OSS sink attention: a learned logit per query head in the softmax denominator.
+template <class Mask = mask::causal>
+using sink_attention = attention<sink::learned, gate::none, Mask>;
+/// Qwen3-Next gated attention: a sigmoid output gate (elementwise by default).
+template <class Mask = mask::causal, class Gate = gate::elementwise>
+using gated_attention = attention<sink::none, Gate, Mask>;
+
+}  // namespace sinkmoe

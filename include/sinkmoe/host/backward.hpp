@@ -1,0 +1,241 @@
+#pragma once
+// CPU backward (paper.md section 5), FlashAttention-2 structure:
+//  1. row preprocess per (sequence, query head): gate backward (dO, d gate logits), Delta,
+//     the row term D = Delta - gbar_sink A - dLSE, the vanilla key-0 term, the d(sink) terms;
+//  2. key tiles outer, query tiles inner: recompute P from the saved LSE, dS = P (dP - D),
+//     dV += P^T dO, dK += dS^T Q, dQ += dS K;
+//  3. deterministic reductions: dK/dV over the GQA group and d(sinks) over sequences, each in a
+//     fixed order, so results do not depend on the thread count.
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <sinkmoe/args.hpp>
+#include <sinkmoe/core/numeric.hpp>
+#include <sinkmoe/exec.hpp>
+#include <sinkmoe/host/forward.hpp>
+#include <sinkmoe/host/parallel.hpp>
+#include <sinkmoe/host/tile_ops.hpp>
+#include <sinkmoe/policy/sink.hpp>
+
+namespace sinkmoe::host {
+namespace detail {
+
+/// True when query row t sees at least one key (custom masks may give a loose key_range hull).
+template <class Mask>
+bool row_has_visible_key(const Mask& mask, int t) {
+  const key_span r = mask.key_range(t);
+  for (int j = r.begin; j < r.end; ++j)
+    if (mask.visible(t, j)) return true;
+  return false;
+}
+
+}  // namespace detail
+
+/// Backward pass of Attn on the CPU. Arguments are already validated.
+template <class Attn, class T>
+void backward(const exec::host& ex, const forward_args<T>& a, const backward_args<T>& g,
+              const problem_shape& shape) {
+  using F = accum_t<T>;
+  using Sink = typename Attn::sink_type;
+  using Gate = typename Attn::gate_type;
+  using Mask = typename Attn::mask_type;
+  using Route = typename Attn::route_type;
+  using Score = typename Attn::score_type;
+  constexpr int BQ = k_block_q, BK = k_block_k;
+
+  const int d = shape.head_dim;
+  const int dp = detail::padded_dim(d);
+  const int group = shape.group_size();
+  const int hq = shape.q_heads;
+
+  // Per-(query head) dK/dV partials [Hq][B * Tk rows][dp], summed over the group afterwards.
+  const std::int64_t k_rows = static_cast<std::int64_t>(shape.batch) * shape.tk;
+  std::vector<F> dk_partial(static_cast<std::size_t>(hq * k_rows * dp));
+  std::vector<F> dv_partial(dk_partial.size());
+  std::vector<F> dsink_partial(static_cast<std::size_t>(shape.num_seqs * hq), F(0));
+
+  const std::int64_t task_count = static_cast<std::int64_t>(shape.num_seqs) * hq;
+  detail::parallel_for(ex.threads, task_count, [&](std::int64_t task) {
+    const int seq = static_cast<int>(task / hq), h = static_cast<int>(task % hq);
+    const sequence_span span = sequence_at(shape, a.varlen, seq);
+    const Mask mask(a.params, span.tq, span.tk);
+    const Score score(a.params, d);
+    const int hk = h / group, b = span.batch_index;
+    const int tq = span.tq, tk = span.tk;
+
+    // ---- 1. Row preprocess ----
+    std::vector<F> d_out(static_cast<std::size_t>(std::max(tq, 1)) * dp, F(0));  // dO, padded
+    std::vector<F> lse(static_cast<std::size_t>(tq)), row_term(lse.size()), key0_term(lse.size());
+    std::vector<F> z(static_cast<std::size_t>(std::max(shape.gate_dim, 1)));
+    std::vector<F> dz(z.size()), dy(static_cast<std::size_t>(d)), y(dy.size());
+    const F sink_logit = Sink::has_logit
+                             ? Sink::logit(a.params, a.sinks.data, a.sinks.empty() ? 0 : a.sinks.stride[0], h)
+                             : math::neg_inf<F>();
+    F dsink_sum = F(0);
+    for (int t = 0; t < tq; ++t) {
+      const int row = span.q_begin + t;
+      const bool empty_row = !detail::row_has_visible_key(mask, t);
+      lse[t] = a.lse(b, h, row);
+      F sink_score = sink_logit;
+      if constexpr (Sink::first_key_is_sink) {
+        sink_score = math::neg_inf<F>();
+        if (tk > 0 && mask.visible(t, 0)) {
+          const T* q_row = &a.q(b, row, h, 0);
+          const T* k_row = &a.k(b, span.k_begin, hk, 0);
+          F dot = F(0);
+          for (int c = 0; c < d; ++c) dot += to_accum<F>(q_row[c]) * to_accum<F>(k_row[c]);
+          sink_score = score.transform(dot);
+        }
+      }
+      sink::row_sink<F> rs{lse[t], F(0), F(1)};
+      if (sink_score != math::neg_inf<F>() && lse[t] != math::neg_inf<F>()) {
+        rs.mass = math::exp(sink_score - lse[t]);
+        rs.complement = -math::expm1(sink_score - lse[t]);
+      }
+      if constexpr (Gate::enabled) detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
+      const F gate_value = Gate::router_value(z.data(), d);
+      const F gbar = (g.drouter.empty() || empty_row) ? F(0) : g.drouter(b, h, row);
+      F gbar_sink, gbar_gate;
+      Route::split(gbar, rs.complement, gate_value, gbar_sink, gbar_gate);
+      const F dlse = (g.dlse.empty() || !math::is_finite(lse[t])) ? F(0) : g.dlse(b, h, row);
+
+      const T* dout_row = &g.dout(b, row, h, 0);
+      const T* out_row = &a.out(b, row, h, 0);
+      F delta = F(0);
+      for (int c = 0; c < d; ++c) {
+        dy[c] = to_accum<F>(dout_row[c]);
+        y[c] = to_accum<F>(out_row[c]);
+        delta += dy[c] * y[c];  // sum_c dO_c O_c = sum_c dY_c Y_c for every gate
+      }
+      Gate::backward_row(dy.data(), y.data(), d_out.data() + static_cast<std::size_t>(t) * dp, d,
+                         z.data(), gbar_gate, dz.data());
+      if constexpr (Gate::enabled)
+        for (int c = 0; c < shape.gate_dim; ++c)
+          g.dgate_logits(b, row, h, c) = from_accum<T>(dz[c]);
+      row_term[t] = sink::row_term(delta, gbar_sink, rs.mass, dlse);
+      key0_term[t] = Sink::first_key_is_sink ? gbar_sink * rs.mass : F(0);
+      if constexpr (Sink::trainable)
+        dsink_sum += sink::logit_grad(delta, gbar_sink, rs.mass, rs.complement, dlse);
+    }
+    dsink_partial[static_cast<std::size_t>(seq * hq + h)] = dsink_sum;
+
+    // ---- 2. Key tiles outer, query tiles inner ----
+    std::vector<F> dq_acc(static_cast<std::size_t>((tq + BQ - 1) / BQ * BQ) * dp, F(0));
+    std::vector<F> buffer(static_cast<std::size_t>(5 * BK * dp + 2 * BQ * dp + 4 * BQ * BK));
+    F* k_tile = buffer.data();      // [BK][dp]
+    F* kt_tile = k_tile + BK * dp;  // [dp][BK]
+    F* vt_tile = kt_tile + dp * BK;
+    F* dk_acc = vt_tile + dp * BK;  // [BK][dp]
+    F* dv_acc = dk_acc + BK * dp;
+    F* q_tile = dv_acc + BK * dp;  // [BQ][dp]
+    F* do_tile = q_tile + BQ * dp;
+    F* s_tile = do_tile + BQ * dp;  // [BQ][BK] raw dots, then dS
+    F* p_tile = s_tile + BQ * BK;
+    F* dp_tile = p_tile + BQ * BK;
+    F* transposed = dp_tile + BQ * BK;  // [BK][BQ]
+    const F q_factor = Score::is_linear ? F(score.scale()) : F(1);
+
+    for (int k0 = 0; k0 < tk; k0 += BK) {
+      const int cols = std::min(BK, tk - k0);
+      bool any = false;
+      for (int q0 = 0; q0 < tq && !any; q0 += BQ)
+        any = mask.tile_class(q0, std::min(tq, q0 + BQ), k0, k0 + cols) != tile_kind::empty;
+      if (!any) continue;
+      detail::load_rows<BK>(a.k, b, span.k_begin + k0, cols, hk, d, dp, F(1), k_tile);
+      detail::load_rows_transposed<BK>(a.k, b, span.k_begin + k0, cols, hk, d, dp, kt_tile);
+      detail::load_rows_transposed<BK>(a.v, b, span.k_begin + k0, cols, hk, d, dp, vt_tile);
+      std::fill(dk_acc, dk_acc + 2 * BK * dp, F(0));
+
+      for (int q0 = 0; q0 < tq; q0 += BQ) {
+        const int rows = std::min(BQ, tq - q0);
+        const tile_kind kind = mask.tile_class(q0, q0 + rows, k0, k0 + cols);
+        if (kind == tile_kind::empty) continue;
+        detail::load_rows<BQ>(a.q, b, span.q_begin + q0, rows, h, d, dp, q_factor, q_tile);
+        std::fill(do_tile, do_tile + BQ * dp, F(0));
+        std::copy(d_out.begin() + static_cast<std::ptrdiff_t>(q0) * dp,
+                  d_out.begin() + static_cast<std::ptrdiff_t>(q0 + rows) * dp, do_tile);
+        detail::tile_matmul_bt<BQ, BK>(q_tile, dp, kt_tile, dp, s_tile);
+        detail::tile_matmul_bt<BQ, BK>(do_tile, dp, vt_tile, dp, dp_tile);
+
+        for (int i = 0; i < BQ; ++i) {
+          F* s_row = s_tile + i * BK;
+          F* p_row = p_tile + i * BK;
+          if (i >= rows) {
+            std::fill(p_row, p_row + BK, F(0));
+            std::fill(s_row, s_row + BK, F(0));
+            continue;
+          }
+          const int t = q0 + i;
+          for (int j = 0; j < BK; ++j) {
+            const bool live = j < cols && (kind == tile_kind::full || mask.visible(t, k0 + j));
+            const F logit = Score::is_linear ? s_row[j] : score.transform(s_row[j]);
+            p_row[j] = live ? logit - lse[t] : math::neg_inf<F>();
+          }
+          detail::exp_row(p_row, F(0), BK, p_row);
+          // dS = P (dP - D); the vanilla sink adds -gbar P[t,0] on key 0 (paper.md section 5).
+          // A soft-cap then multiplies by ds/d(dot); a linear score's scale is folded elsewhere.
+          const F* dp_row = dp_tile + i * BK;
+          for (int j = 0; j < BK; ++j) {
+            F ds = p_row[j] * (dp_row[j] - row_term[t]);
+            if constexpr (Sink::first_key_is_sink)
+              if (k0 == 0 && j == 0 && p_row[0] != F(0)) ds -= key0_term[t];
+            if constexpr (!Score::is_linear) ds *= score.derivative(s_row[j]);
+            s_row[j] = ds;
+          }
+        }
+        // dV += P^T dO, dK += dS^T Q (Q carries the scale), dQ += dS K.
+        detail::tile_transpose<BQ, BK>(p_tile, transposed);
+        detail::tile_matmul_acc<BK, BQ>(transposed, do_tile, dp, dp, dv_acc);
+        detail::tile_transpose<BQ, BK>(s_tile, transposed);
+        detail::tile_matmul_acc<BK, BQ>(transposed, q_tile, dp, dp, dk_acc);
+        // dq_acc is padded to whole query tiles; rows past the end get zeros from dS.
+        detail::tile_matmul_acc<BQ, BK>(s_tile, k_tile, dp, dp,
+                                        dq_acc.data() + static_cast<std::size_t>(q0) * dp);
+      }
+      const std::int64_t base =
+          (static_cast<std::int64_t>(h) * k_rows + static_cast<std::int64_t>(b) * shape.tk +
+           span.k_begin + k0) * dp;
+      std::copy(dk_acc, dk_acc + cols * dp, dk_partial.begin() + base);
+      std::copy(dv_acc, dv_acc + cols * dp, dv_partial.begin() + base);
+    }
+
+    const F dq_factor = Score::is_linear ? F(score.scale()) : F(1);
+    for (int t = 0; t < tq; ++t) {
+      T* dq_row = &g.dq(b, span.q_begin + t, h, 0);
+      for (int c = 0; c < d; ++c)
+        dq_row[c] = from_accum<T>(dq_acc[static_cast<std::size_t>(t) * dp + c] * dq_factor);
+    }
+  });
+
+  // ---- 3. Deterministic reductions ----
+  const std::int64_t kv_rows = static_cast<std::int64_t>(shape.batch) * shape.tk * shape.kv_heads;
+  detail::parallel_for(ex.threads, kv_rows, [&](std::int64_t r) {
+    const int hk = static_cast<int>(r % shape.kv_heads);
+    const std::int64_t flat_row = r / shape.kv_heads;  // b * Tk + key row
+    const int b = static_cast<int>(flat_row / std::max(shape.tk, 1));
+    const int j = static_cast<int>(flat_row % std::max(shape.tk, 1));
+    T* dk_row = &g.dk(b, j, hk, 0);
+    T* dv_row = &g.dv(b, j, hk, 0);
+    for (int c = 0; c < d; ++c) {
+      F dk_sum = F(0), dv_sum = F(0);
+      for (int m = 0; m < group; ++m) {
+        const std::int64_t at = (static_cast<std::int64_t>(hk * group + m) * k_rows + flat_row) * dp + c;
+        dk_sum += dk_partial[static_cast<std::size_t>(at)];
+        dv_sum += dv_partial[static_cast<std::size_t>(at)];
+      }
+      dk_row[c] = from_accum<T>(dk_sum);
+      dv_row[c] = from_accum<T>(dv_sum);
+    }
+  });
+  if constexpr (Sink::trainable) {
+    for (int h = 0; h < hq; ++h) {
+      F total = F(0);
+      for (int s = 0; s < shape.num_seqs; ++s) total += dsink_partial[static_cast<std::size_t>(s * hq + h)];
+      g.dsinks(h) = total;
+    }
+  }
+}
+
+}  // namespace sinkmoe::host

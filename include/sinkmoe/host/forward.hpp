@@ -1,0 +1,195 @@
+#pragma once
+// CPU forward: flash-style tiled online softmax (paper.md sections 1-2). Never materialises
+// Tq x Tk: each task owns one (sequence, query head, query tile) and streams the key tiles the
+// mask policy does not classify as empty. The sink is added once, after the last key tile.
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <sinkmoe/args.hpp>
+#include <sinkmoe/core/numeric.hpp>
+#include <sinkmoe/exec.hpp>
+#include <sinkmoe/host/parallel.hpp>
+#include <sinkmoe/host/tile_ops.hpp>
+#include <sinkmoe/policy/mask.hpp>
+#include <sinkmoe/policy/sink.hpp>
+
+namespace sinkmoe::host {
+
+inline constexpr int k_block_q = 64;  ///< query rows per tile
+inline constexpr int k_block_k = 64;  ///< keys per tile
+
+namespace detail {
+
+/// Keys [begin, end) any row of [q0, q1) may see (the hull of the rows' key ranges).
+template <class Mask>
+key_span tile_rows_key_hull(const Mask& mask, int q0, int q1) {
+  key_span hull{INT32_MAX, 0};
+  for (int t = q0; t < q1; ++t) {
+    const key_span r = mask.key_range(t);
+    if (r.empty()) continue;
+    hull.begin = std::min(hull.begin, r.begin);
+    hull.end = std::max(hull.end, r.end);
+  }
+  return hull.empty() ? key_span{0, 0} : hull;
+}
+
+/// Loads rows [row0, row0 + rows) of one head of a [B, T, H, D] tensor into a zero-padded
+/// [Rows][ld] tile, multiplied by `factor`.
+template <int Rows, class F, class T>
+void load_rows(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head, int d,
+               int ld, F factor, F* tile) {
+  std::fill(tile, tile + Rows * ld, F(0));
+  for (int i = 0; i < rows; ++i) {
+    const T* src = &x(b, row0 + i, head, 0);
+    for (int c = 0; c < d; ++c) tile[i * ld + c] = to_accum<F>(src[c]) * factor;
+  }
+}
+
+/// Loads the same rows transposed into a zero-padded [ld][Cols] tile.
+template <int Cols, class F, class T>
+void load_rows_transposed(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head,
+                          int d, int ld, F* tile) {
+  std::fill(tile, tile + ld * Cols, F(0));
+  for (int j = 0; j < rows; ++j) {
+    const T* src = &x(b, row0 + j, head, 0);
+    for (int c = 0; c < d; ++c) tile[c * Cols + j] = to_accum<F>(src[c]);
+  }
+}
+
+/// Reads one row's gate logits (gate_dim values) as F.
+template <class F, class T>
+void load_gate_row(const tensor_view<const T, 4>& z, int b, int t, int head, int gate_dim, F* out) {
+  for (int c = 0; c < gate_dim; ++c) out[c] = to_accum<F>(z(b, t, head, c));
+}
+
+}  // namespace detail
+
+/// Forward pass of attention policy bundle Attn on the CPU. Arguments are already validated.
+template <class Attn, class T>
+void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape& shape) {
+  using F = accum_t<T>;
+  using Sink = typename Attn::sink_type;
+  using Gate = typename Attn::gate_type;
+  using Mask = typename Attn::mask_type;
+  using Route = typename Attn::route_type;
+  using Score = typename Attn::score_type;
+  constexpr int BQ = k_block_q, BK = k_block_k;
+
+  const int d = shape.head_dim;
+  const int dp = detail::padded_dim(d);
+  const int group = shape.group_size();
+
+  struct task {
+    int seq, head, q0;
+  };
+  std::vector<task> tasks;
+  for (int s = 0; s < shape.num_seqs; ++s) {
+    const sequence_span span = sequence_at(shape, a.varlen, s);
+    for (int h = 0; h < shape.q_heads; ++h)
+      for (int q0 = 0; q0 < span.tq; q0 += BQ) tasks.push_back({s, h, q0});
+  }
+
+  detail::parallel_for(ex.threads, static_cast<std::int64_t>(tasks.size()), [&](std::int64_t ti) {
+    const task tk_ = tasks[ti];
+    const sequence_span span = sequence_at(shape, a.varlen, tk_.seq);
+    const Mask mask(a.params, span.tq, span.tk);
+    const Score score(a.params, d);
+    const int h = tk_.head, hk = h / group, b = span.batch_index;
+    const int q0 = tk_.q0, rows = std::min(BQ, span.tq - q0);
+
+    std::vector<F> buffer(static_cast<std::size_t>(BQ * dp * 2 + dp * BK + BK * dp + BQ * BK * 2));
+    F* q_tile = buffer.data();
+    F* o_acc = q_tile + BQ * dp;
+    F* kt_tile = o_acc + BQ * dp;
+    F* v_tile = kt_tile + dp * BK;
+    F* s_tile = v_tile + BK * dp;
+    F* p_tile = s_tile + BQ * BK;
+    F row_max[BQ], row_sum[BQ], first_key_score[BQ];
+    for (int i = 0; i < BQ; ++i) {
+      row_max[i] = math::neg_inf<F>();
+      row_sum[i] = F(0);
+      first_key_score[i] = math::neg_inf<F>();
+    }
+
+    // A linear score folds its scale into Q; a soft-cap transforms the raw dot products.
+    const F q_factor = Score::is_linear ? F(score.scale()) : F(1);
+    detail::load_rows<BQ>(a.q, b, span.q_begin + q0, rows, h, d, dp, q_factor, q_tile);
+    std::fill(o_acc, o_acc + BQ * dp, F(0));
+
+    const key_span hull = detail::tile_rows_key_hull(mask, q0, q0 + rows);
+    for (int k0 = hull.begin / BK * BK; k0 < hull.end; k0 += BK) {
+      const int cols = std::min(BK, span.tk - k0);
+      const tile_kind kind = mask.tile_class(q0, q0 + rows, k0, k0 + cols);
+      if (kind == tile_kind::empty) continue;
+      detail::load_rows_transposed<BK>(a.k, b, span.k_begin + k0, cols, hk, d, dp, kt_tile);
+      detail::load_rows<BK>(a.v, b, span.k_begin + k0, cols, hk, d, dp, F(1), v_tile);
+      detail::tile_matmul_bt<BQ, BK>(q_tile, dp, kt_tile, dp, s_tile);
+
+      for (int i = 0; i < rows; ++i) {
+        F* s_row = s_tile + i * BK;
+        if constexpr (!Score::is_linear)
+          for (int j = 0; j < cols; ++j) s_row[j] = score.transform(s_row[j]);
+        if (kind == tile_kind::partial) {
+          for (int j = 0; j < cols; ++j)
+            if (!mask.visible(q0 + i, k0 + j)) s_row[j] = math::neg_inf<F>();
+        }
+        for (int j = cols; j < BK; ++j) s_row[j] = math::neg_inf<F>();
+        if (k0 == 0) first_key_score[i] = s_row[0];
+
+        F tile_max = math::neg_inf<F>();
+#pragma omp simd reduction(max : tile_max)
+        for (int j = 0; j < BK; ++j) tile_max = s_row[j] > tile_max ? s_row[j] : tile_max;
+        F* p_row = p_tile + i * BK;
+        const F new_max = math::max(row_max[i], tile_max);
+        if (new_max == math::neg_inf<F>()) {  // nothing visible in this row yet
+          std::fill(p_row, p_row + BK, F(0));
+          continue;
+        }
+        const F rescale = math::exp_shifted(row_max[i], new_max);
+        detail::exp_row(s_row, new_max, BK, p_row);
+        F tile_sum = F(0);
+#pragma omp simd reduction(+ : tile_sum)
+        for (int j = 0; j < BK; ++j) tile_sum += p_row[j];
+        row_sum[i] = row_sum[i] * rescale + tile_sum;
+        row_max[i] = new_max;
+        F* o_row = o_acc + i * dp;
+        if (rescale != F(1))
+          for (int c = 0; c < dp; ++c) o_row[c] *= rescale;
+      }
+      for (int i = rows; i < BQ; ++i) std::fill(p_tile + i * BK, p_tile + (i + 1) * BK, F(0));
+      detail::tile_matmul_acc<BQ, BK>(p_tile, v_tile, dp, dp, o_acc);
+    }
+
+    // Epilogue per row: add the sink, normalise, gate, router value (paper.md section 2).
+    std::vector<F> z(static_cast<std::size_t>(std::max(shape.gate_dim, 1)));
+    for (int i = 0; i < rows; ++i) {
+      const int t = q0 + i;
+      const int row = span.q_begin + t;
+      const bool empty_row = row_sum[i] == F(0);
+      const F lse_keys = empty_row ? math::neg_inf<F>() : row_max[i] + math::log(row_sum[i]);
+      F sink_score = math::neg_inf<F>();
+      if constexpr (Sink::has_logit)
+        sink_score = Sink::logit(a.params, a.sinks.data, a.sinks.stride[0], h);
+      else if constexpr (Sink::first_key_is_sink)
+        sink_score = first_key_score[i];
+      const sink::row_sink<F> rs = sink::finish_row<Sink>(lse_keys, sink_score);
+
+      F* o_row = o_acc + i * dp;
+      const F normaliser = empty_row ? F(0) : math::exp(row_max[i] - rs.lse_full);
+      for (int c = 0; c < d; ++c) o_row[c] *= normaliser;
+      if constexpr (Gate::enabled) detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
+      const F gate_value = Gate::forward_row(o_row, d, z.data());
+      T* out_row = &a.out(b, row, h, 0);
+      for (int c = 0; c < d; ++c) out_row[c] = from_accum<T>(o_row[c]);
+      if (!a.lse.empty()) a.lse(b, h, row) = rs.lse_full;
+      if (!a.router.empty())
+        a.router(b, h, row) = empty_row ? F(0) : Route::router(rs.complement, gate_value);
+      if (!a.first_key_mass.empty())
+        a.first_key_mass(b, h, row) = math::exp_shifted(first_key_score[i], rs.lse_full);
+    }
+  });
+}
+
+}  // namespace sinkmoe::host

@@ -1,0 +1,108 @@
+#pragma once
+// Gate policies: the output epilogue Y = sigmoid(z) * O and its backward prologue
+// (paper.md sections 1 and 5; Qwen3-Next / Qiu et al. 2025).
+//
+// Contract (checked by sinkmoe::gate_policy), per query row of one head, z holding
+// logit_dim(head_dim) gate logits already converted to the accumulator type F:
+//   static constexpr bool enabled
+//   static constexpr int logit_dim(int head_dim)              0, 1 (headwise) or head_dim
+//   F forward_row(F* o, int d, const F* z)                     o <- gate * o; returns the router value
+//   F router_value(const F* z, int d)                          the gate's router value alone
+//   void backward_row(const F* dy, const F* y, F* d_attn_out, int d, const F* z, F gbar, F* dz)
+//       dy: upstream gradient of Y; y: the stored gated output; gbar: dL/d(router value).
+//       Writes dO (the gradient of the ungated output) and dz. Uses y, never y / gate, so a
+//       gate that rounds to 0 does not divide by zero: G (1 - G) dY O = (1 - G) dY Y.
+// The attention backward's Delta = sum_c dO_c O_c = sum_c dY_c Y_c for every gate.
+
+#include <sinkmoe/core/config.hpp>
+#include <sinkmoe/core/numeric.hpp>
+
+namespace sinkmoe::gate {
+
+/// No output gate: Y = O.
+struct none {
+  static constexpr const char* name = "none";
+  static constexpr bool enabled = false;
+  SINKMOE_HD static constexpr int logit_dim(int) { return 0; }
+  template <class F>
+  SINKMOE_HD static F forward_row(F*, int, const F*) {
+    return F(1);
+  }
+  template <class F>
+  SINKMOE_HD static F router_value(const F*, int) {
+    return F(1);
+  }
+  template <class F>
+  SINKMOE_HD static void backward_row(const F* dy, const F*, F* d_attn_out, int d, const F*, F,
+                                      F*) {
+    for (int c = 0; c < d; ++c) d_attn_out[c] = dy[c];
+  }
+};
+
+/// One sigmoid gate per head and token (gate logits [B, Tq, Hq, 1]); router value = the gate.
+struct headwise {
+  static constexpr const char* name = "headwise";
+  static constexpr bool enabled = true;
+  SINKMOE_HD static constexpr int logit_dim(int) { return 1; }
+  template <class F>
+  SINKMOE_HD static F forward_row(F* o, int d, const F* z) {
+    const F g = math::sigmoid(z[0]);
+    for (int c = 0; c < d; ++c) o[c] *= g;
+    return g;
+  }
+  template <class F>
+  SINKMOE_HD static F router_value(const F* z, int) {
+    return math::sigmoid(z[0]);
+  }
+  // dz = (1 - g) sum_c dY_c Y_c + g (1 - g) gbar;  dO = g dY.
+  template <class F>
+  SINKMOE_HD static void backward_row(const F* dy, const F* y, F* d_attn_out, int d, const F* z,
+                                      F gbar, F* dz) {
+    const F g = math::sigmoid(z[0]);
+    const F one_minus_g = math::sigmoid(-z[0]);
+    F dy_dot_y = F(0);
+    for (int c = 0; c < d; ++c) {
+      dy_dot_y += dy[c] * y[c];
+      d_attn_out[c] = g * dy[c];
+    }
+    dz[0] = one_minus_g * dy_dot_y + g * one_minus_g * gbar;
+  }
+};
+
+/// One sigmoid gate per channel (gate logits [B, Tq, Hq, D]); the router value is the channel
+/// mean of the gates (paper.md section 2: the paper does not say; this library's choice).
+struct elementwise {
+  static constexpr const char* name = "elementwise";
+  static constexpr bool enabled = true;
+  SINKMOE_HD static constexpr int logit_dim(int head_dim) { return head_dim; }
+  template <class F>
+  SINKMOE_HD static F forward_row(F* o, int d, const F* z) {
+    F sum = F(0);
+    for (int c = 0; c < d; ++c) {
+      const F g = math::sigmoid(z[c]);
+      o[c] *= g;
+      sum += g;
+    }
+    return sum / F(d);
+  }
+  template <class F>
+  SINKMOE_HD static F router_value(const F* z, int d) {
+    F sum = F(0);
+    for (int c = 0; c < d; ++c) sum += math::sigmoid(z[c]);
+    return sum / F(d);
+  }
+  // dz_c = (1 - g_c) dY_c Y_c + g_c (1 - g_c) gbar / d;  dO_c = g_c dY_c.
+  template <class F>
+  SINKMOE_HD static void backward_row(const F* dy, const F* y, F* d_attn_out, int d, const F* z,
+                                      F gbar, F* dz) {
+    const F gbar_per_channel = gbar / F(d);
+    for (int c = 0; c < d; ++c) {
+      const F g = math::sigmoid(z[c]);
+      const F one_minus_g = math::sigmoid(-z[c]);
+      d_attn_out[c] = g * dy[c];
+      dz[c] = one_minus_g * dy[c] * y[c] + g * one_minus_g * gbar_per_channel;
+    }
+  }
+};
+
+}  // namespace sinkmoe::gate

@@ -1,0 +1,76 @@
+#pragma once
+// Score policies: the transform from the raw dot product q.k to the softmax logit.
+//
+// Contract (checked by sinkmoe::score_policy):
+//   Score(const attention_params&, int head_dim)      closure
+//   F transform(F dot) const                           logit s
+//   F derivative(F dot) const                          ds / d(dot)
+//   static constexpr bool is_linear                    s = scale() * dot, so kernels may fold
+//   float scale() const                                the scale into Q and dQ/dK
+//   static void validate(const attention_params&)
+
+#include <sinkmoe/core/config.hpp>
+#include <sinkmoe/core/error.hpp>
+#include <sinkmoe/core/numeric.hpp>
+#include <sinkmoe/params.hpp>
+
+namespace sinkmoe::score {
+namespace detail {
+SINKMOE_HD inline float resolve_scale(const attention_params& p, int head_dim) {
+  return p.scale != 0.0f ? p.scale : 1.0f / math::sqrt(static_cast<float>(head_dim));
+}
+inline void validate_scale(const attention_params& p) {
+  sinkmoe::detail::require(math::is_finite(p.scale) && p.scale >= 0.0f, "params.scale = ", p.scale,
+                           ": must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
+}
+}  // namespace detail
+
+/// s = scale * q.k (the usual scaled dot product).
+struct scaled {
+  static constexpr const char* name = "scaled";
+  static constexpr bool is_linear = true;
+  float scale_value;
+  SINKMOE_HD scaled(const attention_params& p, int head_dim)
+      : scale_value(detail::resolve_scale(p, head_dim)) {}
+  SINKMOE_HD float scale() const { return scale_value; }
+  template <class F>
+  SINKMOE_HD F transform(F dot) const {
+    return F(scale_value) * dot;
+  }
+  template <class F>
+  SINKMOE_HD F derivative(F /*dot*/) const {
+    return F(scale_value);
+  }
+  static void validate(const attention_params& p) {
+    detail::validate_scale(p);
+    sinkmoe::detail::require(p.softcap == 0.0f, "params.softcap = ", p.softcap,
+                             " given, but score::scaled does not use it (use score::softcap)");
+  }
+};
+
+/// Gemma-2 / Grok style logit soft-cap: s = cap * tanh(scale * q.k / cap).
+struct softcap {
+  static constexpr const char* name = "softcap";
+  static constexpr bool is_linear = false;
+  float scale_value;
+  float cap;
+  SINKMOE_HD softcap(const attention_params& p, int head_dim)
+      : scale_value(detail::resolve_scale(p, head_dim)), cap(p.softcap) {}
+  SINKMOE_HD float scale() const { return scale_value; }
+  template <class F>
+  SINKMOE_HD F transform(F dot) const {
+    return F(cap) * math::tanh(F(scale_value) * dot / F(cap));
+  }
+  template <class F>
+  SINKMOE_HD F derivative(F dot) const {
+    const F th = math::tanh(F(scale_value) * dot / F(cap));
+    return F(scale_value) * (F(1) - th * th);
+  }
+  static void validate(const attention_params& p) {
+    detail::validate_scale(p);
+    sinkmoe::detail::require(math::is_finite(p.softcap) && p.softcap > 0.0f, "params.softcap = ",
+                             p.softcap, ": score::softcap needs a finite cap > 0");
+  }
+};
+
+}  // namespace sinkmoe::score

@@ -1,0 +1,146 @@
+#pragma once
+// Argument validation shared by every backend. Runs before anything is written; each failure
+// throws sinkmoe::error naming the argument and the values.
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cstdint>
+#include <type_traits>
+
+#include <sinkmoe/args.hpp>
+#include <sinkmoe/core/error.hpp>
+#include <sinkmoe/core/tensor_view.hpp>
+
+namespace sinkmoe::detail {
+
+/// The expected shape is a braced list; type_identity keeps it out of template deduction.
+template <class T, int R>
+using shape_of = std::type_identity_t<std::array<index_t, R>>;
+
+template <class T, int R>
+void require_shape(const char* name, const tensor_view<T, R>& view, const shape_of<T, R>& expected) {
+  require(!view.empty(), name, " is required but empty (null data)");
+  require(std::equal(expected.begin(), expected.end(), view.shape.begin()), name, ": shape ", view.shape, ", expected ", expected);
+}
+
+/// The last dimension must be contiguous (the backends vectorise along it).
+template <class T, int R>
+void require_unit_inner_stride(const char* name, const tensor_view<T, R>& view) {
+  require(view.shape[R - 1] <= 1 || view.stride[R - 1] == 1, name, ": stride ", view.stride,
+          " has a non-unit stride on the last dimension");
+}
+
+template <class T, int R>
+void require_absent(const char* name, const tensor_view<T, R>& view, const char* why) {
+  require(view.empty(), name, " was given, but ", why);
+}
+
+template <class T, int R>
+void check_optional(const char* name, const tensor_view<T, R>& view, const shape_of<T, R>& expected) {
+  if (!view.empty()) require_shape(name, view, expected);
+}
+
+inline void check_varlen(const varlen_batch& vl, index_t total_q, index_t total_k) {
+  require(vl.cu_seqlens_k != nullptr, "varlen.cu_seqlens_k is null while cu_seqlens_q is set");
+  require(vl.num_seqs >= 1, "varlen.num_seqs = ", vl.num_seqs, ": must be >= 1");
+  const auto check_offsets = [&](const std::int32_t* cu, const char* name, index_t total) {
+    require(cu[0] == 0, name, "[0] = ", cu[0], ": must be 0");
+    for (int s = 0; s < vl.num_seqs; ++s)
+      require(cu[s + 1] >= cu[s], name, " decreases at index ", s + 1, " (", cu[s], " -> ",
+              cu[s + 1], ")");
+    require(cu[vl.num_seqs] == total, name, "[num_seqs] = ", cu[vl.num_seqs],
+            ", but the tensor holds ", total, " rows");
+  };
+  check_offsets(vl.cu_seqlens_q, "varlen.cu_seqlens_q", total_q);
+  check_offsets(vl.cu_seqlens_k, "varlen.cu_seqlens_k", total_k);
+}
+
+/// Validates forward arguments against the policies; returns the problem sizes.
+template <class Sink, class Gate, class Mask, class Score, class T>
+problem_shape validate_forward(const forward_args<T>& a) {
+  require(!a.q.empty(), "forward_args.q is required but empty (null data)");
+  const index_t batch = a.q.shape[0], tq = a.q.shape[1], hq = a.q.shape[2], d = a.q.shape[3];
+  require(batch >= 1 && tq >= 0 && hq >= 1 && d >= 1, "forward_args.q: shape ", a.q.shape,
+          " needs B >= 1, Tq >= 0, Hq >= 1, D >= 1");
+  require(!a.k.empty(), "forward_args.k is required but empty (null data)");
+  const index_t tk = a.k.shape[1], hkv = a.k.shape[2];
+  require(hkv >= 1 && hq % hkv == 0, "forward_args.k: Hkv = ", hkv, " must divide Hq = ", hq,
+          " (GQA/MQA head ratio)");
+  require(tk >= 0 && tq < INT_MAX && tk < INT_MAX, "sequence lengths Tq = ", tq, ", Tk = ", tk,
+          " out of range");
+  require_shape("forward_args.k", a.k, {batch, tk, hkv, d});
+  require_shape("forward_args.v", a.v, {batch, tk, hkv, d});
+  require_shape("forward_args.out", a.out, {batch, tq, hq, d});
+  require_unit_inner_stride("forward_args.q", a.q);
+  require_unit_inner_stride("forward_args.k", a.k);
+  require_unit_inner_stride("forward_args.v", a.v);
+  require_unit_inner_stride("forward_args.out", a.out);
+  check_optional("forward_args.lse", a.lse, {batch, hq, tq});
+  check_optional("forward_args.router", a.router, {batch, hq, tq});
+  check_optional("forward_args.first_key_mass", a.first_key_mass, {batch, hq, tq});
+
+  if constexpr (Sink::needs_sinks_tensor) {
+    require_shape("forward_args.sinks", a.sinks, {hq});
+  } else {
+    require_absent("forward_args.sinks", a.sinks, "this sink policy takes no sinks tensor");
+  }
+  const int gate_dim = Gate::logit_dim(static_cast<int>(d));
+  if constexpr (Gate::enabled) {
+    require_shape("forward_args.gate_logits", a.gate_logits, {batch, tq, hq, index_t(gate_dim)});
+    require_unit_inner_stride("forward_args.gate_logits", a.gate_logits);
+  } else {
+    require_absent("forward_args.gate_logits", a.gate_logits, "the gate policy is gate::none");
+  }
+
+  Mask::validate(a.params);
+  Score::validate(a.params);
+  Sink::validate(a.params);
+
+  problem_shape shape{static_cast<int>(batch), static_cast<int>(batch), static_cast<int>(tq),
+                      static_cast<int>(tk),    static_cast<int>(hq),    static_cast<int>(hkv),
+                      static_cast<int>(d),     gate_dim};
+  if (a.varlen.enabled()) {
+    require(batch == 1, "forward_args.q: B = ", batch,
+            " with varlen; variable-length batches use B = 1 and cu_seqlens");
+    check_varlen(a.varlen, tq, tk);
+    shape.num_seqs = a.varlen.num_seqs;
+  } else {
+    require(a.varlen.cu_seqlens_k == nullptr,
+            "varlen.cu_seqlens_k is set while cu_seqlens_q is null");
+  }
+  return shape;
+}
+
+/// Validates backward arguments (and the forward arguments they refer to).
+template <class Sink, class Gate, class Mask, class Score, class T>
+problem_shape validate_backward(const forward_args<T>& a, const backward_args<T>& g) {
+  const problem_shape s = validate_forward<Sink, Gate, Mask, Score>(a);
+  const index_t b = s.batch, tq = s.tq, tk = s.tk, hq = s.q_heads, hkv = s.kv_heads,
+                d = s.head_dim;
+  require(!a.lse.empty(), "forward_args.lse is required by backward (write it in forward)");
+  require_shape("backward_args.dout", g.dout, {b, tq, hq, d});
+  require_shape("backward_args.dq", g.dq, {b, tq, hq, d});
+  require_shape("backward_args.dk", g.dk, {b, tk, hkv, d});
+  require_shape("backward_args.dv", g.dv, {b, tk, hkv, d});
+  require_unit_inner_stride("backward_args.dout", g.dout);
+  require_unit_inner_stride("backward_args.dq", g.dq);
+  require_unit_inner_stride("backward_args.dk", g.dk);
+  require_unit_inner_stride("backward_args.dv", g.dv);
+  check_optional("backward_args.drouter", g.drouter, {b, hq, tq});
+  check_optional("backward_args.dlse", g.dlse, {b, hq, tq});
+  if constexpr (Sink::trainable) {
+    require_shape("backward_args.dsinks", g.dsinks, {hq});
+  } else {
+    require_absent("backward_args.dsinks", g.dsinks, "this sink policy has no trainable logit");
+  }
+  if constexpr (Gate::enabled) {
+    require_shape("backward_args.dgate_logits", g.dgate_logits, {b, tq, hq, index_t(s.gate_dim)});
+    require_unit_inner_stride("backward_args.dgate_logits", g.dgate_logits);
+  } else {
+    require_absent("backward_args.dgate_logits", g.dgate_logits, "the gate policy is gate::none");
+  }
+  return s;
+}
+
+}  // namespace sinkmoe::detail
