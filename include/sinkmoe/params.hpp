@@ -1,5 +1,7 @@
 #pragma once
 // Runtime parameters of an attention call. Policies are types; their runtime values live here.
+// Scalars are double so that double-precision runs keep full precision; float backends round
+// them once.
 
 #include <cstdint>
 
@@ -15,9 +17,9 @@ enum class causal_alignment : std::uint8_t {
 /// (validation rejects, e.g., a window given to mask::causal), so nothing is silently ignored.
 struct attention_params {
   /// Softmax scale applied to q.k; 0 means 1/sqrt(head_dim).
-  float scale = 0.0f;
+  double scale = 0.0;
   /// score::softcap: s = softcap * tanh(scale * q.k / softcap). Must be > 0 there, 0 elsewhere.
-  float softcap = 0.0f;
+  double softcap = 0.0;
   /// mask::sliding_window and mask::streaming: query t' sees keys j in (t' - window, t'].
   int window = 0;
   /// mask::streaming: the first sink_tokens keys stay visible to every (causal) query.
@@ -25,7 +27,7 @@ struct attention_params {
   /// Causal alignment for causal, sliding-window and streaming masks.
   causal_alignment alignment = causal_alignment::bottom_right;
   /// sink::fixed: the constant sink logit of every head (0 gives softmax-off-by-one).
-  float fixed_sink = 0.0f;
+  double fixed_sink = 0.0;
 };
 
 /// Variable-length batch in FlashAttention's cu_seqlens form: sequence i owns query rows

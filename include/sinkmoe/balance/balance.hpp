@@ -102,17 +102,17 @@ importance_sums accumulate(const exec::host& ex, std::span<const layer_input<F>>
 
 /// The importance-CV^2 regulariser (Shazeer et al. 2017's importance loss applied to heads).
 struct importance_cv2 {
-  float lambda = 0.0f;          ///< loss weight
+  double lambda = 0.0;          ///< loss weight
   int shared_heads = 0;         ///< m: heads per layer left out of the loss (fine-tuning)
   shared_selection selection = shared_selection::top_m_each_step;
   std::vector<std::vector<int>> fixed_shared{};  ///< per layer, with selection == fixed
   bool sample_std = false;      ///< CV with the sample std (n - 1) instead of the population std
-  float dormant_threshold = 0.1f;  ///< importance below this counts as a dormant head
+  double dormant_threshold = 0.1;  ///< importance below this counts as a dormant head
 
   /// Importance, shared heads, CV, loss and head metrics from (possibly all-reduced) sums.
   [[nodiscard]] report evaluate(const importance_sums& sums) const {
     const int heads = sums.heads;
-    detail::require(lambda >= 0.0f, "importance_cv2.lambda = ", lambda, ": must be >= 0");
+    detail::require(lambda >= 0.0, "importance_cv2.lambda = ", lambda, ": must be >= 0");
     if (selection == shared_selection::top_m_each_step) {
       detail::require(shared_heads >= 0 && shared_heads < heads, "importance_cv2.shared_heads = ",
                       shared_heads, ": must be in [0, heads) with heads = ", heads);

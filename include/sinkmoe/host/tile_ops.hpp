@@ -17,8 +17,10 @@ inline constexpr int k_col_block = 16;  // columns per register block (two AVX2 
 constexpr int padded_dim(int d) { return (d + k_col_block - 1) / k_col_block * k_col_block; }
 
 /// C[M][N] = A[M][ld] * Bt[ld][N] over the first `depth` columns of A (B stored transposed).
+// Not inlined: one copy per tile shape serves every policy instantiation (compile time), and
+// a call per tile costs nothing next to the tile's M*N*depth multiply-adds.
 template <int M, int N, class F>
-inline void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c) {
+[[gnu::noinline]] void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c) {
   static_assert(M % k_row_block == 0 && N % k_col_block == 0);
   for (int i0 = 0; i0 < M; i0 += k_row_block) {
     for (int j0 = 0; j0 < N; j0 += k_col_block) {
@@ -40,7 +42,7 @@ inline void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c) {
 /// C[M][ld] += A[M][N] * B[N][ld] over the first `width` (a multiple of the column block)
 /// columns of B and C.
 template <int M, int N, class F>
-inline void tile_matmul_acc(const F* a, const F* b, int ld, int width, F* c) {
+[[gnu::noinline]] void tile_matmul_acc(const F* a, const F* b, int ld, int width, F* c) {
   static_assert(M % k_row_block == 0);
   for (int i0 = 0; i0 < M; i0 += k_row_block) {
     for (int c0 = 0; c0 < width; c0 += k_col_block) {

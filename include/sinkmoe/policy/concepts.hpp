@@ -23,7 +23,7 @@ template <class S>
 concept score_policy = requires(const S s, const attention_params& p, int d, float x, double y) {
   { S(p, d) };
   { S::is_linear } -> std::convertible_to<bool>;
-  { s.scale() } -> std::convertible_to<float>;
+  { s.scale() } -> std::convertible_to<double>;
   { s.transform(x) } -> std::same_as<float>;
   { s.transform(y) } -> std::same_as<double>;
   { s.derivative(x) } -> std::same_as<float>;

@@ -6,7 +6,7 @@
 //   F transform(F dot) const                           logit s
 //   F derivative(F dot) const                          ds / d(dot)
 //   static constexpr bool is_linear                    s = scale() * dot, so kernels may fold
-//   float scale() const                                the scale into Q and dQ/dK
+//   double scale() const                               the scale into Q and dQ/dK
 //   static void validate(const attention_params&)
 
 #include <sinkmoe/core/config.hpp>
@@ -16,11 +16,11 @@
 
 namespace sinkmoe::score {
 namespace detail {
-SINKMOE_HD inline float resolve_scale(const attention_params& p, int head_dim) {
-  return p.scale != 0.0f ? p.scale : 1.0f / math::sqrt(static_cast<float>(head_dim));
+SINKMOE_HD inline double resolve_scale(const attention_params& p, int head_dim) {
+  return p.scale != 0.0 ? p.scale : 1.0 / math::sqrt(static_cast<double>(head_dim));
 }
 inline void validate_scale(const attention_params& p) {
-  sinkmoe::detail::require(math::is_finite(p.scale) && p.scale >= 0.0f, "params.scale = ", p.scale,
+  sinkmoe::detail::require(math::is_finite(p.scale) && p.scale >= 0.0, "params.scale = ", p.scale,
                            ": must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
 }
 }  // namespace detail
@@ -29,10 +29,10 @@ inline void validate_scale(const attention_params& p) {
 struct scaled {
   static constexpr const char* name = "scaled";
   static constexpr bool is_linear = true;
-  float scale_value;
+  double scale_value;
   SINKMOE_HD scaled(const attention_params& p, int head_dim)
       : scale_value(detail::resolve_scale(p, head_dim)) {}
-  SINKMOE_HD float scale() const { return scale_value; }
+  SINKMOE_HD double scale() const { return scale_value; }
   template <class F>
   SINKMOE_HD F transform(F dot) const {
     return F(scale_value) * dot;
@@ -43,7 +43,7 @@ struct scaled {
   }
   static void validate(const attention_params& p) {
     detail::validate_scale(p);
-    sinkmoe::detail::require(p.softcap == 0.0f, "params.softcap = ", p.softcap,
+    sinkmoe::detail::require(p.softcap == 0.0, "params.softcap = ", p.softcap,
                              " given, but score::scaled does not use it (use score::softcap)");
   }
 };
@@ -52,11 +52,11 @@ struct scaled {
 struct softcap {
   static constexpr const char* name = "softcap";
   static constexpr bool is_linear = false;
-  float scale_value;
-  float cap;
+  double scale_value;
+  double cap;
   SINKMOE_HD softcap(const attention_params& p, int head_dim)
       : scale_value(detail::resolve_scale(p, head_dim)), cap(p.softcap) {}
-  SINKMOE_HD float scale() const { return scale_value; }
+  SINKMOE_HD double scale() const { return scale_value; }
   template <class F>
   SINKMOE_HD F transform(F dot) const {
     return F(cap) * math::tanh(F(scale_value) * dot / F(cap));
@@ -68,7 +68,7 @@ struct softcap {
   }
   static void validate(const attention_params& p) {
     detail::validate_scale(p);
-    sinkmoe::detail::require(math::is_finite(p.softcap) && p.softcap > 0.0f, "params.softcap = ",
+    sinkmoe::detail::require(math::is_finite(p.softcap) && p.softcap > 0.0, "params.softcap = ",
                              p.softcap, ": score::softcap needs a finite cap > 0");
   }
 };

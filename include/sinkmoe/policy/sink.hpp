@@ -35,7 +35,7 @@ struct none {
     return math::neg_inf<F>();
   }
   static void validate(const attention_params& p) {
-    sinkmoe::detail::require(p.fixed_sink == 0.0f, "params.fixed_sink = ", p.fixed_sink,
+    sinkmoe::detail::require(p.fixed_sink == 0.0, "params.fixed_sink = ", p.fixed_sink,
                              " given, but this sink policy has no fixed logit (use sink::fixed)");
   }
 };
