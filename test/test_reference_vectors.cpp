@@ -2,11 +2,9 @@
 // ../shared/testdata): forward, balancing loss and every gradient, in double, to 1e-9 relative.
 #define BOOST_TEST_MODULE reference_vectors
 #include <boost/test/unit_test.hpp>
-
+#include <sinkmoe/sinkmoe.hpp>
 #include <span>
 #include <string>
-
-#include <sinkmoe/sinkmoe.hpp>
 
 #include "support/library_runner.hpp"
 #include "support/reference_vectors.hpp"
@@ -16,13 +14,15 @@ namespace st = sinkmoe::testing;
 namespace {
 
 const std::vector<st::ref_case>& cases() {
-  static const auto all = st::load_reference_cases(std::string(SINKMOE_TEST_DATA_DIR) + "/reference_vectors.json");
+  static const auto all =
+      st::load_reference_cases(std::string(SINKMOE_TEST_DATA_DIR) + "/reference_vectors.json");
   return all;
 }
 
 void check_close(const std::string& what, const std::vector<double>& got,
                  const std::vector<double>& want, double rtol = 1e-9) {
-  BOOST_TEST_REQUIRE(got.size() == want.size(), what << ": size " << got.size() << " vs " << want.size());
+  BOOST_TEST_REQUIRE(got.size() == want.size(),
+                     what << ": size " << got.size() << " vs " << want.size());
   std::size_t bad = 0;
   double worst = 0;
   for (std::size_t i = 0; i < want.size(); ++i) {
@@ -30,7 +30,8 @@ void check_close(const std::string& what, const std::vector<double>& got,
     if (!(err <= rtol)) ++bad;
     worst = std::max(worst, err);
   }
-  BOOST_TEST(bad == 0u, what << ": " << bad << " of " << want.size() << " entries off, worst rel err " << worst);
+  BOOST_TEST(bad == 0u, what << ": " << bad << " of " << want.size()
+                             << " entries off, worst rel err " << worst);
 }
 
 }  // namespace
@@ -68,7 +69,8 @@ BOOST_AUTO_TEST_CASE(library_matches_reference_vectors) {
       check_close("grad k", bwd.dk, rc.grad_k);
       check_close("grad v", bwd.dv, rc.grad_v);
       if (!rc.grad_sinks.empty()) check_close("grad sinks", bwd.dsinks, rc.grad_sinks);
-      if (!rc.grad_gate_logits.empty()) check_close("grad gate logits", bwd.dgate, rc.grad_gate_logits);
+      if (!rc.grad_gate_logits.empty())
+        check_close("grad gate logits", bwd.dgate, rc.grad_gate_logits);
     }
   }
 }

@@ -15,9 +15,8 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
-#include <vector>
-
 #include <sinkmoe/sinkmoe.hpp>
+#include <vector>
 
 template <int Chunk>
 struct chunked_causal {
@@ -60,7 +59,8 @@ struct head_slope_sink {
   static constexpr bool trainable = false;
   static constexpr bool needs_sinks_tensor = false;
   template <class F>
-  SINKMOE_HD static F logit(const sinkmoe::attention_params&, const F*, sinkmoe::index_t, int head) {
+  SINKMOE_HD static F logit(const sinkmoe::attention_params&, const F*, sinkmoe::index_t,
+                            int head) {
     return -F(head) * F(Millis) / F(1000);
   }
   static void validate(const sinkmoe::attention_params&) {}
@@ -75,8 +75,13 @@ constexpr int B = 1, T = 96, H = 4, D = 32;
 
 struct problem {
   std::vector<float> q, k, v, out, lse, router;
-  problem() : q(std::size_t(B) * T * H * D), k(q.size()), v(q.size()), out(q.size()),
-              lse(std::size_t(B) * H * T), router(lse.size()) {
+  problem()
+      : q(std::size_t(B) * T * H * D),
+        k(q.size()),
+        v(q.size()),
+        out(q.size()),
+        lse(std::size_t(B) * H * T),
+        router(lse.size()) {
     std::mt19937 rng(7);
     std::normal_distribution<float> n;
     for (auto* t : {&q, &k, &v})
@@ -108,12 +113,16 @@ int main() {
 
   // 1. A chunk longer than the sequence is plain causal attention.
   problem custom, builtin;
-  using chunked_long = sinkmoe::attention<head_slope_sink<0>, sinkmoe::gate::none, chunked_causal<1024>>;
-  using causal_fixed = sinkmoe::attention<sinkmoe::sink::fixed, sinkmoe::gate::none, sinkmoe::mask::causal>;
+  using chunked_long =
+      sinkmoe::attention<head_slope_sink<0>, sinkmoe::gate::none, chunked_causal<1024>>;
+  using causal_fixed =
+      sinkmoe::attention<sinkmoe::sink::fixed, sinkmoe::gate::none, sinkmoe::mask::causal>;
   chunked_long::forward(exec, custom.args());
   causal_fixed::forward(exec, builtin.args());  // fixed_sink defaults to 0 = head_slope_sink<0>
   const float diff = max_abs_diff(custom.out, builtin.out);
-  std::printf("chunked_causal<1024> + head_slope_sink<0> vs causal + fixed sink 0: max |diff| = %g\n", diff);
+  std::printf(
+      "chunked_causal<1024> + head_slope_sink<0> vs causal + fixed sink 0: max |diff| = %g\n",
+      diff);
   failures += diff > 1e-6f;
 
   // 2. Real chunks of 16 with a per-head sink slope: router importance per head.
@@ -139,7 +148,8 @@ int main() {
   const float g = p.router[std::size_t(h) * T + t];
   float worst = 0;
   for (int c = 0; c < D; ++c)
-    worst = std::fmax(worst, std::fabs(p.out[(std::size_t(t) * H + h) * D + c] - g * p.v[(std::size_t(t) * H + h) * D + c]));
+    worst = std::fmax(worst, std::fabs(p.out[(std::size_t(t) * H + h) * D + c] -
+                                       g * p.v[(std::size_t(t) * H + h) * D + c]));
   std::printf("chunk start row: max |out - G v| = %g\n", worst);
   failures += worst > 1e-5f;
 

@@ -7,11 +7,10 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <sinkmoe/sinkmoe.hpp>
 #include <span>
 #include <string>
 #include <vector>
-
-#include <sinkmoe/sinkmoe.hpp>
 
 namespace {
 
@@ -34,7 +33,8 @@ random_tensors make_inputs(unsigned seed) {
   // Make key 0 attractive so that vanilla heads show a sink of varying strength.
   for (int b = 0; b < kBatch; ++b)
     for (int h = 0; h < kKvHeads; ++h)
-      for (int c = 0; c < kHeadDim; ++c) in.k[((std::size_t(b) * kSeq) * kKvHeads + h) * kHeadDim + c] *= 3.0f;
+      for (int c = 0; c < kHeadDim; ++c)
+        in.k[((std::size_t(b) * kSeq) * kKvHeads + h) * kHeadDim + c] *= 3.0f;
   for (int h = 0; h < kQHeads; ++h) in.sinks.push_back(-1.0f + 0.6f * float(h));  // heads differ
   return in;
 }
@@ -44,7 +44,8 @@ void print_importance(const char* name, const sinkmoe::balance::report& rep) {
   std::printf("\n%s\n  head  importance\n", name);
   for (std::size_t h = 0; h < layer.importance.size(); ++h) {
     const int bar = static_cast<int>(std::lround(layer.importance[h] * 40));
-    std::printf("  %4zu  %.3f  %s\n", h, layer.importance[h], std::string(std::size_t(bar), '#').c_str());
+    std::printf("  %4zu  %.3f  %s\n", h, layer.importance[h],
+                std::string(std::size_t(bar), '#').c_str());
   }
   std::printf("  CV %.3f  effective heads %.2f of %zu  balance loss %.5f\n", layer.cv,
               layer.effective_heads, layer.importance.size(), rep.loss);
@@ -65,13 +66,15 @@ void run(const char* name, const random_tensors& in, const sinkmoe::attention_pa
 
   // q and gate logits are two strided views into one [B, T, H, 2D] projection, no copy.
   const std::array<sinkmoe::index_t, 4> qg_strides{T * H * 2 * D, H * 2 * D, 2 * D, 1};
-  std::vector<float> out(std::size_t(B) * T * H * D), lse(std::size_t(B) * H * T), router(lse.size());
+  std::vector<float> out(std::size_t(B) * T * H * D), lse(std::size_t(B) * H * T),
+      router(lse.size());
   sinkmoe::forward_args<float> fa;
   fa.q = {in.q_and_gate.data(), {B, T, H, D}, qg_strides};
   fa.k = {in.k.data(), {B, T, Hk, D}};
   fa.v = {in.v.data(), {B, T, Hk, D}};
   if constexpr (Attn::sink_type::needs_sinks_tensor) fa.sinks = {in.sinks.data(), {H}};
-  if constexpr (Gate::enabled) fa.gate_logits = {in.q_and_gate.data() + D, {B, T, H, Gate::logit_dim(D)}, qg_strides};
+  if constexpr (Gate::enabled)
+    fa.gate_logits = {in.q_and_gate.data() + D, {B, T, H, Gate::logit_dim(D)}, qg_strides};
   fa.out = {out.data(), {B, T, H, D}};
   fa.lse = {lse.data(), {B, H, T}};
   fa.router = {router.data(), {B, H, T}};
@@ -85,12 +88,15 @@ void run(const char* name, const random_tensors& in, const sinkmoe::attention_pa
   std::vector<float> drouter(router.size());
   const sinkmoe::balance::layer_input<float> layer{fa.router, {counted.data(), {B, T}}};
   const sinkmoe::tensor_view<float, 3> drouter_view{drouter.data(), {B, H, T}};
-  const auto rep = balance.forward_backward<float>(exec, std::span(&layer, 1), std::span(&drouter_view, 1));
+  const auto rep =
+      balance.forward_backward<float>(exec, std::span(&layer, 1), std::span(&drouter_view, 1));
   print_importance(name, rep);
 
   // Backward of sum(out) + the balance loss; the loss enters through drouter.
-  std::vector<float> dout(out.size(), 1.0f), dq(std::size_t(B) * T * H * D), dk(in.k.size()), dv(in.v.size());
-  std::vector<float> dsinks(H), dgate(Gate::enabled ? std::size_t(B) * T * H * Gate::logit_dim(D) : 0);
+  std::vector<float> dout(out.size(), 1.0f), dq(std::size_t(B) * T * H * D), dk(in.k.size()),
+      dv(in.v.size());
+  std::vector<float> dsinks(H),
+      dgate(Gate::enabled ? std::size_t(B) * T * H * Gate::logit_dim(D) : 0);
   sinkmoe::backward_args<float> ba;
   ba.dout = {dout.data(), {B, T, H, D}};
   ba.drouter = {drouter.data(), {B, H, T}};
@@ -113,13 +119,15 @@ int main() {
               kBatch, kSeq, kQHeads, kKvHeads, kHeadDim);
   const random_tensors in = make_inputs(2026);
 
-  run<sinkmoe::vanilla_attention<>>("Vanilla attention (causal; G = 1 - P[t, first token])", in, {});
+  run<sinkmoe::vanilla_attention<>>("Vanilla attention (causal; G = 1 - P[t, first token])", in,
+                                    {});
 
   sinkmoe::attention_params window{};
   window.window = 32;  // GPT-OSS uses 128 on alternate layers
   run<sinkmoe::sink_attention<sinkmoe::mask::sliding_window>>(
       "Sink attention (learned logit per head, sliding window 32; G = 1 - sink mass)", in, window);
 
-  run<sinkmoe::gated_attention<>>("Gated attention (elementwise sigmoid gate; G = mean gate)", in, {});
+  run<sinkmoe::gated_attention<>>("Gated attention (elementwise sigmoid gate; G = mean gate)", in,
+                                  {});
   return 0;
 }

@@ -3,7 +3,6 @@
 // and dispatches to a backend. Vanilla, Sink and Gated attention are aliases over it.
 
 #include <cstdint>
-
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/exec.hpp>
@@ -70,7 +69,8 @@ struct attention {
                              tensor_view<const std::uint8_t, 2> token_mask = {}) {
     const problem_shape shape = validate(args);
     detail::require_shape("counted", counted, {shape.batch, shape.tq});
-    if (!token_mask.empty()) detail::require_shape("token_mask", token_mask, {shape.batch, shape.tq});
+    if (!token_mask.empty())
+      detail::require_shape("token_mask", token_mask, {shape.batch, shape.tq});
     for (int s = 0; s < shape.num_seqs; ++s) {
       const sequence_span span = sequence_at(shape, args.varlen, s);
       const Mask mask(args.params, span.tq, span.tk);

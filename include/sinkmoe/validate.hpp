@@ -6,11 +6,10 @@
 #include <array>
 #include <climits>
 #include <cstdint>
-#include <type_traits>
-
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/core/tensor_view.hpp>
+#include <type_traits>
 
 namespace sinkmoe::detail {
 
@@ -19,9 +18,11 @@ template <class T, int R>
 using shape_of = std::type_identity_t<std::array<index_t, R>>;
 
 template <class T, int R>
-void require_shape(const char* name, const tensor_view<T, R>& view, const shape_of<T, R>& expected) {
+void require_shape(const char* name, const tensor_view<T, R>& view,
+                   const shape_of<T, R>& expected) {
   require(!view.empty(), name, " is required but empty (null data)");
-  require(std::equal(expected.begin(), expected.end(), view.shape.begin()), name, ": shape ", view.shape, ", expected ", expected);
+  require(std::equal(expected.begin(), expected.end(), view.shape.begin()), name, ": shape ",
+          view.shape, ", expected ", expected);
 }
 
 /// The last dimension must be contiguous (the backends vectorise along it).
@@ -37,7 +38,8 @@ void require_absent(const char* name, const tensor_view<T, R>& view, const char*
 }
 
 template <class T, int R>
-void check_optional(const char* name, const tensor_view<T, R>& view, const shape_of<T, R>& expected) {
+void check_optional(const char* name, const tensor_view<T, R>& view,
+                    const shape_of<T, R>& expected) {
   if (!view.empty()) require_shape(name, view, expected);
 }
 
@@ -97,9 +99,9 @@ problem_shape validate_forward(const forward_args<T>& a) {
   Score::validate(a.params);
   Sink::validate(a.params);
 
-  problem_shape shape{static_cast<int>(batch), static_cast<int>(batch), static_cast<int>(tq),
-                      static_cast<int>(tk),    static_cast<int>(hq),    static_cast<int>(hkv),
-                      static_cast<int>(d),     gate_dim};
+  problem_shape shape{
+      static_cast<int>(batch), static_cast<int>(batch), static_cast<int>(tq), static_cast<int>(tk),
+      static_cast<int>(hq),    static_cast<int>(hkv),   static_cast<int>(d),  gate_dim};
   if (a.varlen.enabled()) {
     require(batch == 1, "forward_args.q: B = ", batch,
             " with varlen; variable-length batches use B = 1 and cu_seqlens");
@@ -116,8 +118,7 @@ problem_shape validate_forward(const forward_args<T>& a) {
 template <class Sink, class Gate, class Mask, class Score, class T>
 problem_shape validate_backward(const forward_args<T>& a, const backward_args<T>& g) {
   const problem_shape s = validate_forward<Sink, Gate, Mask, Score>(a);
-  const index_t b = s.batch, tq = s.tq, tk = s.tk, hq = s.q_heads, hkv = s.kv_heads,
-                d = s.head_dim;
+  const index_t b = s.batch, tq = s.tq, tk = s.tk, hq = s.q_heads, hkv = s.kv_heads, d = s.head_dim;
   require(!a.lse.empty(), "forward_args.lse is required by backward (write it in forward)");
   require_shape("backward_args.dout", g.dout, {b, tq, hq, d});
   require_shape("backward_args.dq", g.dq, {b, tq, hq, d});

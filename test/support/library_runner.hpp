@@ -20,9 +20,9 @@ struct library_result {
 
 /// How to call the library.
 struct run_options {
-  bool backward = true;   ///< also run backward with the given cotangents
-  int threads = 2;        ///< exec::host threads
-  bool softcap = false;   ///< use score::softcap with cfg.softcap
+  bool backward = true;  ///< also run backward with the given cotangents
+  int threads = 2;       ///< exec::host threads
+  bool softcap = false;  ///< use score::softcap with cfg.softcap
 };
 
 /// Runs forward (+ backward) of the policy combination described by cfg, in T (float/double).
@@ -42,8 +42,8 @@ extern template library_result run_library<float>(const ref::config&, const ref:
                                                   const ref::cotangents&, const run_options&);
 extern template library_result run_library<double>(const ref::config&, const ref::inputs&,
                                                    const ref::cotangents&, const run_options&);
-extern template library_result run_library_varlen<double>(const ref::config&, const std::vector<int>&,
-                                                          const std::vector<int>&, const ref::inputs&,
-                                                          const ref::cotangents&, const run_options&);
+extern template library_result run_library_varlen<double>(
+    const ref::config&, const std::vector<int>&, const std::vector<int>&, const ref::inputs&,
+    const ref::cotangents&, const run_options&);
 
 }  // namespace sinkmoe::testing

@@ -2,10 +2,9 @@
 // Implementation of library_runner.hpp, included by runner_*.cpp only.
 
 #include <algorithm>
+#include <sinkmoe/sinkmoe.hpp>
 #include <stdexcept>
 #include <type_traits>
-
-#include <sinkmoe/sinkmoe.hpp>
 
 #include "support/library_runner.hpp"
 
@@ -19,26 +18,36 @@ struct type_tag {
 template <class F>
 void dispatch_gate(ref::gate_kind g, F&& f) {
   switch (g) {
-    case ref::gate_kind::none: return f(type_tag<gate::none>{});
-    case ref::gate_kind::headwise: return f(type_tag<gate::headwise>{});
-    case ref::gate_kind::elementwise: return f(type_tag<gate::elementwise>{});
+    case ref::gate_kind::none:
+      return f(type_tag<gate::none>{});
+    case ref::gate_kind::headwise:
+      return f(type_tag<gate::headwise>{});
+    case ref::gate_kind::elementwise:
+      return f(type_tag<gate::elementwise>{});
   }
 }
 template <class F>
 void dispatch_mask(ref::mask_kind m, F&& f) {
   switch (m) {
-    case ref::mask_kind::none: return f(type_tag<mask::none>{});
-    case ref::mask_kind::causal: return f(type_tag<mask::causal>{});
-    case ref::mask_kind::sliding_window: return f(type_tag<mask::sliding_window>{});
-    case ref::mask_kind::streaming: return f(type_tag<mask::streaming>{});
+    case ref::mask_kind::none:
+      return f(type_tag<mask::none>{});
+    case ref::mask_kind::causal:
+      return f(type_tag<mask::causal>{});
+    case ref::mask_kind::sliding_window:
+      return f(type_tag<mask::sliding_window>{});
+    case ref::mask_kind::streaming:
+      return f(type_tag<mask::streaming>{});
   }
 }
 template <class F>
 void dispatch_route(ref::route_kind r, F&& f) {
   switch (r) {
-    case ref::route_kind::sink_mass: return f(type_tag<route::sink_mass>{});
-    case ref::route_kind::output_gate: return f(type_tag<route::output_gate>{});
-    case ref::route_kind::product: return f(type_tag<route::product>{});
+    case ref::route_kind::sink_mass:
+      return f(type_tag<route::sink_mass>{});
+    case ref::route_kind::output_gate:
+      return f(type_tag<route::output_gate>{});
+    case ref::route_kind::product:
+      return f(type_tag<route::product>{});
   }
 }
 
@@ -89,7 +98,8 @@ library_result run_with(const ref::config& c, const layout& lay, const ref::inpu
   if (c.mask == ref::mask_kind::streaming) fa.params.sink_tokens = c.sink_tokens;
   fa.params.alignment = c.top_left ? causal_alignment::top_left : causal_alignment::bottom_right;
   if (c.sink == ref::sink_kind::fixed) fa.params.fixed_sink = c.fixed_sink;
-  if (!lay.cu_q.empty()) fa.varlen = {lay.cu_q.data(), lay.cu_k.data(), static_cast<int>(lay.cu_q.size()) - 1};
+  if (!lay.cu_q.empty())
+    fa.varlen = {lay.cu_q.data(), lay.cu_k.data(), static_cast<int>(lay.cu_q.size()) - 1};
 
   const exec::host ex{opts.threads};
   Attn::forward(ex, fa);
@@ -138,14 +148,18 @@ library_result run_for_sink(const ref::config& c, const layout& lay, const ref::
         // The score slot is orthogonal to the others: soft-cap is instantiated for every sink
         // and gate under the causal mask and the deduced route only, to bound compile time.
         constexpr bool softcap_instantiated =
-            std::is_same_v<Mask, mask::causal> && std::is_same_v<Route, route::resolve_t<route::deduced, Gate>>;
+            std::is_same_v<Mask, mask::causal> &&
+            std::is_same_v<Route, route::resolve_t<route::deduced, Gate>>;
         if constexpr (Route::uses_gate && !Gate::enabled) {
           throw std::invalid_argument("test config: route needs a gate");
         } else if (opts.softcap) {
           if constexpr (softcap_instantiated)
-            result = run_with<attention<Sink, Gate, Mask, Route, score::softcap>, T>(c, lay, in, ct, opts);
+            result = run_with<attention<Sink, Gate, Mask, Route, score::softcap>, T>(c, lay, in, ct,
+                                                                                     opts);
           else
-            throw std::invalid_argument("test runner: soft-cap is instantiated for mask causal with the deduced route only");
+            throw std::invalid_argument(
+                "test runner: soft-cap is instantiated for mask causal with the deduced route "
+                "only");
         } else {
           result = run_with<attention<Sink, Gate, Mask, Route>, T>(c, lay, in, ct, opts);
         }

@@ -5,12 +5,12 @@
 
 namespace sinkmoe::testing {
 namespace detail {
-#define SINKMOE_DECLARE_SINK(S)                                                                 \
-  extern template library_result run_for_sink<sink::S, float>(                                 \
-      const ref::config&, const layout&, const ref::inputs&, const ref::cotangents&,          \
-      const run_options&);                                                                     \
-  extern template library_result run_for_sink<sink::S, double>(                                \
-      const ref::config&, const layout&, const ref::inputs&, const ref::cotangents&,          \
+#define SINKMOE_DECLARE_SINK(S)                                                      \
+  extern template library_result run_for_sink<sink::S, float>(                       \
+      const ref::config&, const layout&, const ref::inputs&, const ref::cotangents&, \
+      const run_options&);                                                           \
+  extern template library_result run_for_sink<sink::S, double>(                      \
+      const ref::config&, const layout&, const ref::inputs&, const ref::cotangents&, \
       const run_options&);
 SINKMOE_DECLARE_SINK(none)
 SINKMOE_DECLARE_SINK(learned)
@@ -21,9 +21,12 @@ template <class T>
 library_result run_layout(const ref::config& c, const layout& lay, const ref::inputs& in,
                           const ref::cotangents& ct, const run_options& opts) {
   switch (c.sink) {
-    case ref::sink_kind::none: return run_for_sink<sink::none, T>(c, lay, in, ct, opts);
-    case ref::sink_kind::learned: return run_for_sink<sink::learned, T>(c, lay, in, ct, opts);
-    case ref::sink_kind::fixed: return run_for_sink<sink::fixed, T>(c, lay, in, ct, opts);
+    case ref::sink_kind::none:
+      return run_for_sink<sink::none, T>(c, lay, in, ct, opts);
+    case ref::sink_kind::learned:
+      return run_for_sink<sink::learned, T>(c, lay, in, ct, opts);
+    case ref::sink_kind::fixed:
+      return run_for_sink<sink::fixed, T>(c, lay, in, ct, opts);
   }
   return {};
 }

@@ -4,9 +4,10 @@
 
 namespace sinkmoe::testing::detail {
 template library_result run_for_sink<sink::fixed, float>(const ref::config&, const layout&,
-                                                      const ref::inputs&, const ref::cotangents&,
-                                                      const run_options&);
+                                                         const ref::inputs&, const ref::cotangents&,
+                                                         const run_options&);
 template library_result run_for_sink<sink::fixed, double>(const ref::config&, const layout&,
-                                                       const ref::inputs&, const ref::cotangents&,
-                                                       const run_options&);
+                                                          const ref::inputs&,
+                                                          const ref::cotangents&,
+                                                          const run_options&);
 }  // namespace sinkmoe::testing::detail

@@ -4,9 +4,9 @@
 
 namespace sinkmoe::testing::detail {
 template library_result run_for_sink<sink::none, float>(const ref::config&, const layout&,
-                                                      const ref::inputs&, const ref::cotangents&,
-                                                      const run_options&);
+                                                        const ref::inputs&, const ref::cotangents&,
+                                                        const run_options&);
 template library_result run_for_sink<sink::none, double>(const ref::config&, const layout&,
-                                                       const ref::inputs&, const ref::cotangents&,
-                                                       const run_options&);
+                                                         const ref::inputs&, const ref::cotangents&,
+                                                         const run_options&);
 }  // namespace sinkmoe::testing::detail

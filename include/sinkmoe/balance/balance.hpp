@@ -12,21 +12,20 @@
 #include <algorithm>
 #include <cstdint>
 #include <numeric>
-#include <span>
-#include <vector>
-
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/core/tensor_view.hpp>
 #include <sinkmoe/exec.hpp>
 #include <sinkmoe/host/parallel.hpp>
+#include <span>
+#include <vector>
 
 namespace sinkmoe::balance {
 
 /// One layer's router values and which query rows count (see attention::counted_tokens).
 template <class F>
 struct layer_input {
-  tensor_view<const F, 3> router;                ///< [B, H, Tq]
-  tensor_view<const std::uint8_t, 2> counted;    ///< [B, Tq], nonzero = counted
+  tensor_view<const F, 3> router;              ///< [B, H, Tq]
+  tensor_view<const std::uint8_t, 2> counted;  ///< [B, Tq], nonzero = counted
 };
 
 /// How the shared heads (left out of the loss) are chosen.
@@ -40,20 +39,20 @@ enum class shared_selection : std::uint8_t {
 struct importance_sums {
   int layers = 0;
   int heads = 0;
-  std::vector<double> router_sum;  ///< [layers][heads]
-  std::vector<double> token_count; ///< [layers]
+  std::vector<double> router_sum;   ///< [layers][heads]
+  std::vector<double> token_count;  ///< [layers]
 };
 
 /// Balancing and collapse metrics of one layer.
 struct layer_report {
   std::vector<double> importance;  ///< mean G per head
   std::vector<int> shared;         ///< heads left out of the loss (sorted ids)
-  double cv = 0;                   ///< std / mean of importance over all heads (the paper's imbalance)
-  double balanced_cv = 0;          ///< std / mean over the balanced heads (what the loss uses)
-  double loss = 0;                 ///< lambda * n * balanced_cv^2
-  double effective_heads = 0;      ///< (sum Imp)^2 / sum Imp^2
-  double dormant_fraction = 0;     ///< share of heads with importance < dormant_threshold
-  double tokens = 0;               ///< counted tokens
+  double cv = 0;                ///< std / mean of importance over all heads (the paper's imbalance)
+  double balanced_cv = 0;       ///< std / mean over the balanced heads (what the loss uses)
+  double loss = 0;              ///< lambda * n * balanced_cv^2
+  double effective_heads = 0;   ///< (sum Imp)^2 / sum Imp^2
+  double dormant_fraction = 0;  ///< share of heads with importance < dormant_threshold
+  double tokens = 0;            ///< counted tokens
 };
 
 /// Result of a balancing step over all layers.
@@ -73,13 +72,13 @@ importance_sums accumulate(const exec::host& ex, std::span<const layer_input<F>>
   for (std::size_t l = 0; l < inputs.size(); ++l) {
     const auto& in = inputs[l];
     detail::require(!in.router.empty(), "balance inputs[", l, "].router is empty");
-    detail::require(in.router.shape[1] == sums.heads, "balance inputs[", l, "].router: ",
-                    in.router.shape[1], " heads, layer 0 has ", sums.heads);
+    detail::require(in.router.shape[1] == sums.heads, "balance inputs[", l,
+                    "].router: ", in.router.shape[1], " heads, layer 0 has ", sums.heads);
     detail::require(!in.counted.empty(), "balance inputs[", l, "].counted is empty");
-    detail::require(in.counted.shape[0] == in.router.shape[0] &&
-                        in.counted.shape[1] == in.router.shape[2],
-                    "balance inputs[", l, "].counted: shape ", in.counted.shape,
-                    " does not match router [B, H, Tq] = ", in.router.shape);
+    detail::require(
+        in.counted.shape[0] == in.router.shape[0] && in.counted.shape[1] == in.router.shape[2],
+        "balance inputs[", l, "].counted: shape ", in.counted.shape,
+        " does not match router [B, H, Tq] = ", in.router.shape);
   }
   const int heads = sums.heads;
   sums.router_sum.assign(static_cast<std::size_t>(sums.layers * heads), 0.0);
@@ -102,11 +101,11 @@ importance_sums accumulate(const exec::host& ex, std::span<const layer_input<F>>
 
 /// The importance-CV^2 regulariser (Shazeer et al. 2017's importance loss applied to heads).
 struct importance_cv2 {
-  double lambda = 0.0;          ///< loss weight
-  int shared_heads = 0;         ///< m: heads per layer left out of the loss (fine-tuning)
+  double lambda = 0.0;   ///< loss weight
+  int shared_heads = 0;  ///< m: heads per layer left out of the loss (fine-tuning)
   shared_selection selection = shared_selection::top_m_each_step;
   std::vector<std::vector<int>> fixed_shared{};  ///< per layer, with selection == fixed
-  bool sample_std = false;      ///< CV with the sample std (n - 1) instead of the population std
+  bool sample_std = false;         ///< CV with the sample std (n - 1) instead of the population std
   double dormant_threshold = 0.1;  ///< importance below this counts as a dormant head
 
   /// Importance, shared heads, CV, loss and head metrics from (possibly all-reduced) sums.
@@ -114,8 +113,9 @@ struct importance_cv2 {
     const int heads = sums.heads;
     detail::require(lambda >= 0.0, "importance_cv2.lambda = ", lambda, ": must be >= 0");
     if (selection == shared_selection::top_m_each_step) {
-      detail::require(shared_heads >= 0 && shared_heads < heads, "importance_cv2.shared_heads = ",
-                      shared_heads, ": must be in [0, heads) with heads = ", heads);
+      detail::require(shared_heads >= 0 && shared_heads < heads,
+                      "importance_cv2.shared_heads = ", shared_heads,
+                      ": must be in [0, heads) with heads = ", heads);
     } else {
       detail::require(static_cast<int>(fixed_shared.size()) == sums.layers,
                       "importance_cv2.fixed_shared: ", fixed_shared.size(), " layers given, ",
@@ -128,11 +128,14 @@ struct importance_cv2 {
       lr.tokens = sums.token_count[static_cast<std::size_t>(l)];
       lr.importance.resize(static_cast<std::size_t>(heads));
       for (int h = 0; h < heads; ++h)
-        lr.importance[h] = lr.tokens > 0 ? sums.router_sum[static_cast<std::size_t>(l * heads + h)] / lr.tokens : 0.0;
+        lr.importance[h] =
+            lr.tokens > 0 ? sums.router_sum[static_cast<std::size_t>(l * heads + h)] / lr.tokens
+                          : 0.0;
       lr.shared = select_shared(l, lr.importance);
       std::vector<double> balanced;
       for (int h = 0; h < heads; ++h)
-        if (!std::binary_search(lr.shared.begin(), lr.shared.end(), h)) balanced.push_back(lr.importance[h]);
+        if (!std::binary_search(lr.shared.begin(), lr.shared.end(), h))
+          balanced.push_back(lr.importance[h]);
       lr.cv = coefficient_of_variation(lr.importance);
       lr.balanced_cv = coefficient_of_variation(balanced);
       lr.loss = double(lambda) * double(balanced.size()) * lr.balanced_cv * lr.balanced_cv;
@@ -142,7 +145,8 @@ struct importance_cv2 {
       lr.effective_heads = sum_sq > 0 ? sum * sum / sum_sq : 0.0;
       lr.dormant_fraction =
           double(std::count_if(lr.importance.begin(), lr.importance.end(),
-                               [&](double x) { return x < double(dormant_threshold); })) / heads;
+                               [&](double x) { return x < double(dormant_threshold); })) /
+          heads;
       rep.loss += lr.loss;
       rep.mean_cv += lr.cv / sums.layers;
     }
@@ -263,7 +267,9 @@ std::vector<double> first_token_sink_fraction(std::span<const layer_input<F>> fi
     const double tokens = sums.token_count[static_cast<std::size_t>(l)];
     int over = 0;
     for (int h = 0; h < sums.heads; ++h)
-      if (tokens > 0 && sums.router_sum[static_cast<std::size_t>(l * sums.heads + h)] / tokens > threshold) ++over;
+      if (tokens > 0 &&
+          sums.router_sum[static_cast<std::size_t>(l * sums.heads + h)] / tokens > threshold)
+        ++over;
     fraction[static_cast<std::size_t>(l)] = double(over) / sums.heads;
   }
   return fraction;

@@ -4,9 +4,8 @@
 
 #include <math.h>
 
-#include <type_traits>
-
 #include <sinkmoe/core/config.hpp>
+#include <type_traits>
 
 namespace sinkmoe {
 
@@ -29,8 +28,10 @@ namespace math {
 
 template <class F>
 SINKMOE_HD inline constexpr F neg_inf() {
-  if constexpr (std::is_same_v<F, float>) return -__builtin_huge_valf();
-  else return -__builtin_huge_val();
+  if constexpr (std::is_same_v<F, float>)
+    return -__builtin_huge_valf();
+  else
+    return -__builtin_huge_val();
 }
 
 SINKMOE_HD inline float exp(float x) { return ::expf(x); }

@@ -5,9 +5,8 @@
 #include <array>
 #include <cstdint>
 #include <ostream>
-#include <type_traits>
-
 #include <sinkmoe/core/config.hpp>
+#include <type_traits>
 
 namespace sinkmoe {
 
@@ -38,8 +37,8 @@ struct tensor_view {
   }
   /// Views of T convert to views of const T.
   template <class U>
-    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-  constexpr tensor_view(const tensor_view<U, Rank>& other)
+  requires(std::is_same_v<const U, T> &&
+           !std::is_same_v<U, T>) constexpr tensor_view(const tensor_view<U, Rank>& other)
       : data(other.data), shape(other.shape), stride(other.stride) {}
 
   [[nodiscard]] constexpr bool empty() const { return data == nullptr; }

@@ -9,8 +9,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
-
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/numeric.hpp>
 #include <sinkmoe/exec.hpp>
@@ -18,6 +16,7 @@
 #include <sinkmoe/host/parallel.hpp>
 #include <sinkmoe/host/tile_ops.hpp>
 #include <sinkmoe/policy/sink.hpp>
+#include <vector>
 
 namespace sinkmoe::host {
 namespace detail {
@@ -70,9 +69,9 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
     std::vector<F> lse(static_cast<std::size_t>(tq)), row_term(lse.size()), key0_term(lse.size());
     std::vector<F> z(static_cast<std::size_t>(std::max(shape.gate_dim, 1)));
     std::vector<F> dz(z.size()), dy(static_cast<std::size_t>(d)), y(dy.size());
-    const F sink_logit = Sink::has_logit
-                             ? Sink::logit(a.params, a.sinks.data, a.sinks.empty() ? 0 : a.sinks.stride[0], h)
-                             : math::neg_inf<F>();
+    const F sink_logit = Sink::has_logit ? Sink::logit(a.params, a.sinks.data,
+                                                       a.sinks.empty() ? 0 : a.sinks.stride[0], h)
+                                         : math::neg_inf<F>();
     F dsink_sum = F(0);
     for (int t = 0; t < tq; ++t) {
       const int row = span.q_begin + t;
@@ -94,7 +93,8 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
         rs.mass = math::exp(sink_score - lse[t]);
         rs.complement = -math::expm1(sink_score - lse[t]);
       }
-      if constexpr (Gate::enabled) detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
+      if constexpr (Gate::enabled)
+        detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
       const F gate_value = Gate::router_value(z.data(), d);
       const F gbar = (g.drouter.empty() || empty_row) ? F(0) : g.drouter(b, h, row);
       F gbar_sink, gbar_gate;
@@ -194,9 +194,9 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
         detail::tile_matmul_acc<BQ, BK>(s_tile, k_tile, dp, dp,
                                         dq_acc.data() + static_cast<std::size_t>(q0) * dp);
       }
-      const std::int64_t base =
-          (static_cast<std::int64_t>(h) * k_rows + static_cast<std::int64_t>(b) * shape.tk +
-           span.k_begin + k0) * dp;
+      const std::int64_t base = (static_cast<std::int64_t>(h) * k_rows +
+                                 static_cast<std::int64_t>(b) * shape.tk + span.k_begin + k0) *
+                                dp;
       std::copy(dk_acc, dk_acc + cols * dp, dk_partial.begin() + base);
       std::copy(dv_acc, dv_acc + cols * dp, dv_partial.begin() + base);
     }
@@ -221,7 +221,8 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
     for (int c = 0; c < d; ++c) {
       F dk_sum = F(0), dv_sum = F(0);
       for (int m = 0; m < group; ++m) {
-        const std::int64_t at = (static_cast<std::int64_t>(hk * group + m) * k_rows + flat_row) * dp + c;
+        const std::int64_t at =
+            (static_cast<std::int64_t>(hk * group + m) * k_rows + flat_row) * dp + c;
         dk_sum += dk_partial[static_cast<std::size_t>(at)];
         dv_sum += dv_partial[static_cast<std::size_t>(at)];
       }
@@ -232,7 +233,8 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
   if constexpr (Sink::trainable) {
     for (int h = 0; h < hq; ++h) {
       F total = F(0);
-      for (int s = 0; s < shape.num_seqs; ++s) total += dsink_partial[static_cast<std::size_t>(s * hq + h)];
+      for (int s = 0; s < shape.num_seqs; ++s)
+        total += dsink_partial[static_cast<std::size_t>(s * hq + h)];
       g.dsinks(h) = total;
     }
   }

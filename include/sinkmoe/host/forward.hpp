@@ -5,8 +5,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
-
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/numeric.hpp>
 #include <sinkmoe/exec.hpp>
@@ -14,6 +12,7 @@
 #include <sinkmoe/host/tile_ops.hpp>
 #include <sinkmoe/policy/mask.hpp>
 #include <sinkmoe/policy/sink.hpp>
+#include <vector>
 
 namespace sinkmoe::host {
 
@@ -38,8 +37,8 @@ key_span tile_rows_key_hull(const Mask& mask, int q0, int q1) {
 /// Loads rows [row0, row0 + rows) of one head of a [B, T, H, D] tensor into a zero-padded
 /// [Rows][ld] tile, multiplied by `factor`.
 template <int Rows, class F, class T>
-void load_rows(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head, int d,
-               int ld, F factor, F* tile) {
+void load_rows(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head, int d, int ld,
+               F factor, F* tile) {
   std::fill(tile, tile + Rows * ld, F(0));
   for (int i = 0; i < rows; ++i) {
     const T* src = &x(b, row0 + i, head, 0);
@@ -179,7 +178,8 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       F* o_row = o_acc + i * dp;
       const F normaliser = empty_row ? F(0) : math::exp(row_max[i] - rs.lse_full);
       for (int c = 0; c < d; ++c) o_row[c] *= normaliser;
-      if constexpr (Gate::enabled) detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
+      if constexpr (Gate::enabled)
+        detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
       const F gate_value = Gate::forward_row(o_row, d, z.data());
       T* out_row = &a.out(b, row, h, 0);
       for (int c = 0; c < d; ++c) out_row[c] = from_accum<T>(o_row[c]);

@@ -5,7 +5,6 @@
 
 #include <bit>
 #include <cstdint>
-
 #include <sinkmoe/core/numeric.hpp>
 
 namespace sinkmoe::host::detail {

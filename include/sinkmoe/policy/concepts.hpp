@@ -3,7 +3,6 @@
 // at the attention<> instantiation instead of deep inside a backend.
 
 #include <concepts>
-
 #include <sinkmoe/core/tensor_view.hpp>
 #include <sinkmoe/params.hpp>
 #include <sinkmoe/policy/mask.hpp>
@@ -12,22 +11,22 @@ namespace sinkmoe {
 
 template <class M>
 concept mask_policy = requires(const M m, const attention_params& p, int i) {
-  { M(p, i, i) };
+  {M(p, i, i)};
   { m.visible(i, i) } -> std::convertible_to<bool>;
   { m.key_range(i) } -> std::same_as<key_span>;
   { m.tile_class(i, i, i, i) } -> std::same_as<tile_kind>;
-  { M::validate(p) };
+  {M::validate(p)};
 };
 
 template <class S>
 concept score_policy = requires(const S s, const attention_params& p, int d, float x, double y) {
-  { S(p, d) };
+  {S(p, d)};
   { S::is_linear } -> std::convertible_to<bool>;
   { s.scale() } -> std::convertible_to<double>;
   { s.transform(x) } -> std::same_as<float>;
   { s.transform(y) } -> std::same_as<double>;
   { s.derivative(x) } -> std::same_as<float>;
-  { S::validate(p) };
+  {S::validate(p)};
 };
 
 template <class S>
@@ -39,8 +38,9 @@ concept sink_policy = requires(const attention_params& p, const float* f, const 
   { S::needs_sinks_tensor } -> std::convertible_to<bool>;
   { S::logit(p, f, stride, h) } -> std::same_as<float>;
   { S::logit(p, dd, stride, h) } -> std::same_as<double>;
-  { S::validate(p) };
-} && !(S::has_logit && S::first_key_is_sink);
+  {S::validate(p)};
+}
+&&!(S::has_logit && S::first_key_is_sink);
 
 template <class G>
 concept gate_policy = requires(float* o, const float* z, float gbar, int d) {
@@ -48,7 +48,7 @@ concept gate_policy = requires(float* o, const float* z, float gbar, int d) {
   { G::logit_dim(d) } -> std::convertible_to<int>;
   { G::forward_row(o, d, z) } -> std::same_as<float>;
   { G::router_value(z, d) } -> std::same_as<float>;
-  { G::backward_row(z, z, o, d, z, gbar, o) };
+  {G::backward_row(z, z, o, d, z, gbar, o)};
 };
 
 template <class R>
@@ -56,7 +56,7 @@ concept route_policy = requires(float x, float& out) {
   { R::uses_sink } -> std::convertible_to<bool>;
   { R::uses_gate } -> std::convertible_to<bool>;
   { R::router(x, x) } -> std::same_as<float>;
-  { R::split(x, x, x, out, out) };
+  {R::split(x, x, x, out, out)};
 };
 
 }  // namespace sinkmoe

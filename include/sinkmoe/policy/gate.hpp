@@ -6,8 +6,8 @@
 // logit_dim(head_dim) gate logits already converted to the accumulator type F:
 //   static constexpr bool enabled
 //   static constexpr int logit_dim(int head_dim)              0, 1 (headwise) or head_dim
-//   F forward_row(F* o, int d, const F* z)                     o <- gate * o; returns the router value
-//   F router_value(const F* z, int d)                          the gate's router value alone
+//   F forward_row(F* o, int d, const F* z)                     o <- gate * o; returns the router
+//   value F router_value(const F* z, int d)                          the gate's router value alone
 //   void backward_row(const F* dy, const F* y, F* d_attn_out, int d, const F* z, F gbar, F* dz)
 //       dy: upstream gradient of Y; y: the stored gated output; gbar: dL/d(router value).
 //       Writes dO (the gradient of the ungated output) and dz. Uses y, never y / gate, so a

@@ -11,7 +11,6 @@
 //   static void validate(const attention_params&)     throws sinkmoe::error
 
 #include <cstdint>
-
 #include <sinkmoe/core/config.hpp>
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/core/numeric.hpp>
@@ -53,7 +52,9 @@ struct none {
   SINKMOE_HD bool visible(int, int) const { return true; }
   SINKMOE_HD key_span key_range(int) const { return {0, tk}; }
   SINKMOE_HD tile_kind tile_class(int, int, int, int) const { return tile_kind::full; }
-  static void validate(const attention_params& p) { detail::require_unused_window(p, "mask::none"); }
+  static void validate(const attention_params& p) {
+    detail::require_unused_window(p, "mask::none");
+  }
 };
 
 /// Causal: query t sees keys j <= t + offset (bottom-right aligned by default).
@@ -101,8 +102,9 @@ struct sliding_window {
   static void validate(const attention_params& p) {
     sinkmoe::detail::require(p.window >= 1, "params.window = ", p.window,
                              ": mask::sliding_window needs window >= 1");
-    sinkmoe::detail::require(p.sink_tokens == 0, "params.sink_tokens = ", p.sink_tokens,
-                             " given, but mask::sliding_window does not use it (mask::streaming does)");
+    sinkmoe::detail::require(
+        p.sink_tokens == 0, "params.sink_tokens = ", p.sink_tokens,
+        " given, but mask::sliding_window does not use it (mask::streaming does)");
   }
 };
 
@@ -115,7 +117,9 @@ struct streaming {
   int window = 1;
   int sink_tokens = 0;
   SINKMOE_HD streaming(const attention_params& p, int tq, int tk_)
-      : tk(tk_), offset(detail::diagonal_offset(p, tq, tk_)), window(p.window),
+      : tk(tk_),
+        offset(detail::diagonal_offset(p, tq, tk_)),
+        window(p.window),
         sink_tokens(p.sink_tokens) {}
   SINKMOE_HD bool visible(int t, int j) const {
     const int pos = t + offset;

@@ -8,9 +8,8 @@
 //   void split(F gbar, F sink_complement, F gate_value, F& gbar_sink, F& gbar_gate)
 // route::deduced is resolved by attention<> to output_gate when there is a gate, else sink_mass.
 
-#include <type_traits>
-
 #include <sinkmoe/core/config.hpp>
+#include <type_traits>
 
 namespace sinkmoe::route {
 
@@ -68,8 +67,8 @@ struct deduced {};
 
 /// Resolves route::deduced against the gate policy; any other route is kept.
 template <class Route, class Gate>
-using resolve_t = std::conditional_t<std::is_same_v<Route, deduced>,
-                                     std::conditional_t<Gate::enabled, output_gate, sink_mass>,
-                                     Route>;
+using resolve_t =
+    std::conditional_t<std::is_same_v<Route, deduced>,
+                       std::conditional_t<Gate::enabled, output_gate, sink_mass>, Route>;
 
 }  // namespace sinkmoe::route

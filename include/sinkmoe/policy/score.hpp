@@ -68,8 +68,9 @@ struct softcap {
   }
   static void validate(const attention_params& p) {
     detail::validate_scale(p);
-    sinkmoe::detail::require(math::is_finite(p.softcap) && p.softcap > 0.0, "params.softcap = ",
-                             p.softcap, ": score::softcap needs a finite cap > 0");
+    sinkmoe::detail::require(math::is_finite(p.softcap) && p.softcap > 0.0,
+                             "params.softcap = ", p.softcap,
+                             ": score::softcap needs a finite cap > 0");
   }
 };
 
