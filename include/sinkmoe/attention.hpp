@@ -49,6 +49,7 @@ struct attention {
   /// Writes out, and lse / router / first_key_mass where given.
   template <class T>
   static void forward(const exec::host& ex, const forward_args<T>& args) {
+    detail::require(ex.threads >= 0, "exec::host.threads = ", ex.threads, ": must be >= 0");
     const problem_shape shape = validate(args);
     host::forward<attention>(ex, args, shape);
   }
@@ -58,6 +59,7 @@ struct attention {
   template <class T>
   static void backward(const exec::host& ex, const forward_args<T>& args,
                        const backward_args<T>& grads) {
+    detail::require(ex.threads >= 0, "exec::host.threads = ", ex.threads, ": must be >= 0");
     const problem_shape shape = validate(args, grads);
     host::backward<attention>(ex, args, grads, shape);
   }
