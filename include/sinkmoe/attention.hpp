@@ -70,9 +70,9 @@ struct attention {
   static void counted_tokens(const forward_args<T>& args, tensor_view<std::uint8_t, 2> counted,
                              tensor_view<const std::uint8_t, 2> token_mask = {}) {
     const problem_shape shape = validate(args);
-    detail::require_shape("counted", counted, {shape.batch, shape.tq});
+    detail::require_shape("counted_tokens.counted", counted, {shape.batch, shape.tq});
     if (!token_mask.empty())
-      detail::require_shape("token_mask", token_mask, {shape.batch, shape.tq});
+      detail::require_shape("counted_tokens.token_mask", token_mask, {shape.batch, shape.tq});
     for (int s = 0; s < shape.num_seqs; ++s) {
       const sequence_span span = sequence_at(shape, args.varlen, s);
       const Mask mask(args.params, span.tq, span.tk);

@@ -10,9 +10,11 @@
 // importance_cv2::forward_backward() runs all three on one process.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <sinkmoe/core/error.hpp>
+#include <sinkmoe/core/numeric.hpp>
 #include <sinkmoe/core/tensor_view.hpp>
 #include <sinkmoe/exec.hpp>
 #include <sinkmoe/host/parallel.hpp>
@@ -62,24 +64,36 @@ struct report {
   std::vector<layer_report> layers;
 };
 
+namespace validation {
+
+/// Checks the layer inputs of a balancing call; returns the head count shared by all layers.
+template <class F>
+int check_layer_inputs(const exec::host& ex, std::span<const layer_input<F>> inputs) {
+  sinkmoe::detail::require(ex.threads >= 0, "exec::host.threads = ", ex.threads, ": must be >= 0");
+  sinkmoe::detail::require(!inputs.empty(), "balance inputs: no layers given");
+  const index_t heads = inputs[0].router.empty() ? 0 : inputs[0].router.shape[1];
+  for (std::size_t l = 0; l < inputs.size(); ++l) {
+    const auto& in = inputs[l];
+    sinkmoe::detail::require(!in.router.empty(), "balance inputs[", l, "].router is empty");
+    sinkmoe::detail::require(in.router.shape[1] == heads && heads >= 1, "balance inputs[", l,
+                             "].router: ", in.router.shape[1], " heads, layer 0 has ", heads);
+    sinkmoe::detail::require(!in.counted.empty(), "balance inputs[", l, "].counted is empty");
+    sinkmoe::detail::require(
+        in.counted.shape[0] == in.router.shape[0] && in.counted.shape[1] == in.router.shape[2],
+        "balance inputs[", l, "].counted: shape ", in.counted.shape,
+        " does not match router [B, H, Tq] = ", in.router.shape);
+  }
+  return static_cast<int>(heads);
+}
+
+}  // namespace validation
+
 /// Sums router values over counted tokens, per layer and head, in a fixed order (deterministic).
 template <class F>
 importance_sums accumulate(const exec::host& ex, std::span<const layer_input<F>> inputs) {
   importance_sums sums;
   sums.layers = static_cast<int>(inputs.size());
-  detail::require(!inputs.empty(), "balance inputs: no layers given");
-  sums.heads = static_cast<int>(inputs[0].router.shape[1]);
-  for (std::size_t l = 0; l < inputs.size(); ++l) {
-    const auto& in = inputs[l];
-    detail::require(!in.router.empty(), "balance inputs[", l, "].router is empty");
-    detail::require(in.router.shape[1] == sums.heads, "balance inputs[", l,
-                    "].router: ", in.router.shape[1], " heads, layer 0 has ", sums.heads);
-    detail::require(!in.counted.empty(), "balance inputs[", l, "].counted is empty");
-    detail::require(
-        in.counted.shape[0] == in.router.shape[0] && in.counted.shape[1] == in.router.shape[2],
-        "balance inputs[", l, "].counted: shape ", in.counted.shape,
-        " does not match router [B, H, Tq] = ", in.router.shape);
-  }
+  sums.heads = validation::check_layer_inputs(ex, inputs);
   const int heads = sums.heads;
   sums.router_sum.assign(static_cast<std::size_t>(sums.layers * heads), 0.0);
   sums.token_count.assign(static_cast<std::size_t>(sums.layers), 0.0);
@@ -111,7 +125,18 @@ struct importance_cv2 {
   /// Importance, shared heads, CV, loss and head metrics from (possibly all-reduced) sums.
   [[nodiscard]] report evaluate(const importance_sums& sums) const {
     const int heads = sums.heads;
-    detail::require(lambda >= 0.0, "importance_cv2.lambda = ", lambda, ": must be >= 0");
+    detail::require(math::is_finite(lambda) && lambda >= 0.0, "importance_cv2.lambda = ", lambda,
+                    ": must be finite and >= 0");
+    detail::require(sums.layers >= 1 && heads >= 1, "importance_sums: ", sums.layers, " layers x ",
+                    heads, " heads; needs at least one of each");
+    detail::require(sums.router_sum.size() == std::size_t(sums.layers) * std::size_t(heads) &&
+                        sums.token_count.size() == std::size_t(sums.layers),
+                    "importance_sums: router_sum holds ", sums.router_sum.size(),
+                    " values and token_count ", sums.token_count.size(), ", expected ",
+                    sums.layers * heads, " and ", sums.layers);
+    for (double count : sums.token_count)
+      detail::require(count >= 0.0 && math::is_finite(count), "importance_sums.token_count holds ",
+                      count, ": counts must be finite and >= 0");
     if (selection == shared_selection::top_m_each_step) {
       detail::require(shared_heads >= 0 && shared_heads < heads,
                       "importance_cv2.shared_heads = ", shared_heads,
@@ -181,6 +206,13 @@ struct importance_cv2 {
   template <class F>
   void router_grad(const exec::host& ex, const report& rep, std::span<const layer_input<F>> inputs,
                    std::span<const tensor_view<F, 3>> drouter) const {
+    const int heads = validation::check_layer_inputs(ex, inputs);
+    detail::require(rep.layers.size() == inputs.size(), "balance report: ", rep.layers.size(),
+                    " layers, inputs have ", inputs.size());
+    for (std::size_t l = 0; l < rep.layers.size(); ++l)
+      detail::require(rep.layers[l].importance.size() == std::size_t(heads),
+                      "balance report.layers[", l, "]: ", rep.layers[l].importance.size(),
+                      " heads, inputs have ", heads);
     detail::require(drouter.size() == inputs.size(), "balance drouter: ", drouter.size(),
                     " layers given, ", inputs.size(), " expected");
     for (std::size_t l = 0; l < inputs.size(); ++l)

@@ -36,6 +36,18 @@ SINKMOE_HD inline int diagonal_offset(const attention_params& p, int tq, int tk)
   return p.alignment == causal_alignment::bottom_right ? tk - tq : 0;
 }
 
+/// A window longer than tq + tk changes nothing; clamping keeps pos - window from overflowing
+/// int when callers pass INT_MAX for "unbounded".
+SINKMOE_HD inline int effective_window(const attention_params& p, int tq, int tk) {
+  return math::min(p.window, tq + tk + 1);
+}
+
+inline void require_valid_alignment(const attention_params& p) {
+  sinkmoe::detail::require(
+      p.alignment == causal_alignment::bottom_right || p.alignment == causal_alignment::top_left,
+      "params.alignment = ", static_cast<int>(p.alignment), ": not a causal_alignment value");
+}
+
 inline void require_unused_window(const attention_params& p, const char* mask_name) {
   sinkmoe::detail::require(p.window == 0 && p.sink_tokens == 0, "params.window = ", p.window,
                            ", params.sink_tokens = ", p.sink_tokens, " given, but ", mask_name,
@@ -73,6 +85,7 @@ struct causal {
   }
   static void validate(const attention_params& p) {
     detail::require_unused_window(p, "mask::causal");
+    detail::require_valid_alignment(p);
   }
 };
 
@@ -83,7 +96,9 @@ struct sliding_window {
   int offset = 0;
   int window = 1;
   SINKMOE_HD sliding_window(const attention_params& p, int tq, int tk_)
-      : tk(tk_), offset(detail::diagonal_offset(p, tq, tk_)), window(p.window) {}
+      : tk(tk_),
+        offset(detail::diagonal_offset(p, tq, tk_)),
+        window(detail::effective_window(p, tq, tk_)) {}
   SINKMOE_HD bool visible(int t, int j) const {
     const int pos = t + offset;
     return j <= pos && j > pos - window;
@@ -102,6 +117,7 @@ struct sliding_window {
   static void validate(const attention_params& p) {
     sinkmoe::detail::require(p.window >= 1, "params.window = ", p.window,
                              ": mask::sliding_window needs window >= 1");
+    detail::require_valid_alignment(p);
     sinkmoe::detail::require(
         p.sink_tokens == 0, "params.sink_tokens = ", p.sink_tokens,
         " given, but mask::sliding_window does not use it (mask::streaming does)");
@@ -119,7 +135,7 @@ struct streaming {
   SINKMOE_HD streaming(const attention_params& p, int tq, int tk_)
       : tk(tk_),
         offset(detail::diagonal_offset(p, tq, tk_)),
-        window(p.window),
+        window(detail::effective_window(p, tq, tk_)),
         sink_tokens(p.sink_tokens) {}
   SINKMOE_HD bool visible(int t, int j) const {
     const int pos = t + offset;
@@ -127,8 +143,12 @@ struct streaming {
   }
   SINKMOE_HD key_span key_range(int t) const {
     const int pos = t + offset;
-    const int begin = sink_tokens > 0 ? 0 : math::max(0, pos - window + 1);
-    return {begin, math::min(tk, pos + 1)};
+    const int window_begin = math::max(0, pos - window + 1);
+    const int end = math::min(tk, pos + 1);
+    const int sink_end = math::min(sink_tokens, end);
+    // Tight hull: the window part may lie past the last key, leaving only the sink keys.
+    if (window_begin >= end) return {0, sink_end};
+    return {sink_end > 0 ? 0 : window_begin, end};
   }
   SINKMOE_HD tile_kind tile_class(int q0, int q1, int k0, int k1) const {
     const int first_pos = q0 + offset;
@@ -137,12 +157,15 @@ struct streaming {
     const bool outside_window = k1 - 1 <= first_pos - window;
     if (outside_window && k0 >= sink_tokens) return tile_kind::empty;
     const bool causal_full = k1 - 1 <= first_pos;
-    if (causal_full && (k0 > last_pos - window || k1 <= sink_tokens)) return tile_kind::full;
+    // Full: causal for the first row, and every non-sink key inside the last row's window.
+    if (causal_full && (k1 <= sink_tokens || math::max(k0, sink_tokens) > last_pos - window))
+      return tile_kind::full;
     return tile_kind::partial;
   }
   static void validate(const attention_params& p) {
     sinkmoe::detail::require(p.window >= 1, "params.window = ", p.window,
                              ": mask::streaming needs window >= 1");
+    detail::require_valid_alignment(p);
     sinkmoe::detail::require(p.sink_tokens >= 0, "params.sink_tokens = ", p.sink_tokens,
                              ": mask::streaming needs sink_tokens >= 0");
   }

@@ -85,17 +85,31 @@ struct row_sink {
 };
 
 /// Finishes a row: lse_keys is the log-sum-exp over visible keys (-inf for an empty row).
+/// A logit sink uses the paper's cheap forms A = sigmoid(b - lse_keys), 1 - A =
+/// sigmoid(lse_keys - b), which keep full relative precision for a head whose sink takes almost
+/// all the mass (the collapsed heads balancing measures). The vanilla sink (key 0 already among
+/// the keys) uses A = exp(s0 - lse), 1 - A = -expm1(s0 - lse).
 template <class Sink, class F>
 SINKMOE_HD inline row_sink<F> finish_row(F lse_keys, F sink_score) {
   row_sink<F> r;
-  r.lse_full = Sink::has_logit ? math::logaddexp(lse_keys, sink_score) : lse_keys;
-  if (sink_score == math::neg_inf<F>() || r.lse_full == math::neg_inf<F>()) {
+  if constexpr (Sink::has_logit) {
+    r.lse_full = math::logaddexp(lse_keys, sink_score);
+    if (r.lse_full == math::neg_inf<F>()) {  // no key and a -inf sink: nothing at all
+      r.mass = F(0);
+      r.complement = F(1);
+    } else {
+      r.mass = math::sigmoid(sink_score - lse_keys);
+      r.complement = math::sigmoid(lse_keys - sink_score);
+    }
+  } else {
+    r.lse_full = lse_keys;
     r.mass = F(0);
     r.complement = F(1);
-  } else {
-    const F log_mass = sink_score - r.lse_full;
-    r.mass = math::exp(log_mass);
-    r.complement = -math::expm1(log_mass);
+    if (sink_score != math::neg_inf<F>() && lse_keys != math::neg_inf<F>()) {
+      const F log_mass = sink_score - lse_keys;
+      r.mass = math::exp(log_mass);
+      r.complement = -math::expm1(log_mass);
+    }
   }
   return r;
 }
