@@ -4,13 +4,11 @@
 
 #include <array>
 #include <cstdint>
-#include <ostream>
 #include <sinkmoe/core/config.hpp>
+#include <sinkmoe/core/error.hpp>  // index_t, shape printing
 #include <type_traits>
 
 namespace sinkmoe {
-
-using index_t = std::int64_t;
 
 /// Strided view of Rank dimensions over T. Default-constructed views are empty (data == nullptr)
 /// and mean "not given" for optional arguments.
@@ -71,13 +69,5 @@ struct tensor_view {
     return true;
   }
 };
-
-/// Prints "[a, b, c]" (used in error messages).
-template <std::size_t N>
-std::ostream& operator<<(std::ostream& os, const std::array<index_t, N>& values) {
-  os << '[';
-  for (std::size_t i = 0; i < N; ++i) os << (i ? ", " : "") << values[i];
-  return os << ']';
-}
 
 }  // namespace sinkmoe

@@ -43,8 +43,12 @@
 // Host side: make_forward_params() turns validated forward_args<Element> into the kernel's
 // forward_params (raw pointers and strides) and checks what only this path needs (16-byte
 // aligned Q, K, V and out rows for cp.async and the 16-byte output stores);
-// forward_launch_geometry() gives grid, block and shared-memory size. The nvcc launcher is
+// forward_launch_geometry() gives grid, block and shared-memory size; dispatch_head_dim() is
+// the one runtime-to-compile-time switch (head dims 64 and 128). The nvcc launcher is
 // sinkmoe/cuda/forward.cuh; tests launch the same kernel through arch::emulated_launch.
+//
+// Resources (ptxas, CUDA 13.0, -O3): 167-176 registers at D = 64 and 223-231 at D = 128 on
+// sm_80 / sm_90a, no spills; 45 / 85 KiB of shared memory per block.
 
 #include <cstddef>
 #include <cstdint>
@@ -204,8 +208,8 @@ struct forward_kernel {
     // Issues the cp.async copies of rows [first_row, first_row + 64) of one head of a
     // [B, T, H, D] tensor (base points at (batch, 0, head, 0)); rows from valid_rows on are
     // zero-filled (past a sequence end, or the next sequence of a varlen batch).
-    const auto load_rows = [&](Element* dst, const Element* base, index_t row_stride,
-                               int first_row, int valid_rows, const Element* any_aligned) {
+    const auto load_rows = [&](Element* dst, const Element* base, index_t row_stride, int first_row,
+                               int valid_rows, const Element* any_aligned) {
       for (int i = rank; i < k_block_q * k_chunks_per_row; i += k_threads) {
         const int r = i / k_chunks_per_row, c = i % k_chunks_per_row;
         const bool valid = r < valid_rows;
@@ -256,15 +260,16 @@ struct forward_kernel {
     std::uint32_t q_frag[k_d_steps][4];
     SINKMOE_ARCH_UNROLL
     for (int kk = 0; kk < k_d_steps; ++kk) {
-      arch::ldmatrix_x4(q_frag[kk],
-                        q_smem + (warp * 16 + lane % 16) * k_row_stride + kk * 16 + (lane / 16) * 8);
+      arch::ldmatrix_x4(
+          q_frag[kk], q_smem + (warp * 16 + lane % 16) * k_row_stride + kk * 16 + (lane / 16) * 8);
     }
 
     // Per-thread row state for rows (group) and (group + 8) of the warp's slice: running max of
     // x, partial row sum over this thread's columns, first-key score (natural units).
     float acc_o[k_o_tiles][4];
     SINKMOE_ARCH_UNROLL
-    for (int n = 0; n < k_o_tiles; ++n) acc_o[n][0] = acc_o[n][1] = acc_o[n][2] = acc_o[n][3] = 0.0f;
+    for (int n = 0; n < k_o_tiles; ++n)
+      acc_o[n][0] = acc_o[n][1] = acc_o[n][2] = acc_o[n][3] = 0.0f;
     float row_max[2] = {neg_inf, neg_inf};
     float row_sum[2] = {0.0f, 0.0f};
     float first_key[2] = {neg_inf, neg_inf};
@@ -437,8 +442,7 @@ struct forward_kernel {
           p.lse[batch * p.lse_stride[0] + h * p.lse_stride[1] + row * p.lse_stride[2]] =
               rs.lse_full;
         if (p.router != nullptr)
-          p.router[batch * p.router_stride[0] + h * p.router_stride[1] +
-                   row * p.router_stride[2]] =
+          p.router[batch * p.router_stride[0] + h * p.router_stride[1] + row * p.router_stride[2]] =
               empty_row ? 0.0f : route_type::router(rs.complement, gate_value);
         if (p.first_key_mass != nullptr)
           p.first_key_mass[batch * p.first_key_mass_stride[0] + h * p.first_key_mass_stride[1] +
@@ -534,13 +538,32 @@ struct launch_geometry {
 /// longest sequence has max_tq query rows (Tq without varlen).
 template <class Kernel>
 launch_geometry forward_launch_geometry(const problem_shape& shape, int max_tq) {
-  sinkmoe::detail::require(shape.q_heads <= 65535 && shape.num_seqs <= 65535, "forward: Hq = ",
-                           shape.q_heads, ", sequences = ", shape.num_seqs,
+  sinkmoe::detail::require(shape.q_heads <= 65535 && shape.num_seqs <= 65535,
+                           "forward: Hq = ", shape.q_heads, ", sequences = ", shape.num_seqs,
                            ": exec::cuda launches at most 65535 of each");
   const unsigned q_tiles = static_cast<unsigned>((max_tq + k_block_q - 1) / k_block_q);
   return {arch::index3(q_tiles, static_cast<unsigned>(shape.q_heads),
                        static_cast<unsigned>(shape.num_seqs)),
           arch::index3(k_threads), Kernel::smem_bytes};
+}
+
+/// The head dims the fused forward is instantiated for (the one runtime-to-compile-time
+/// dispatch of the CUDA backend, design.md section 3): calls f(std::integral_constant<int, D>)
+/// for head_dim D in {64, 128}; any other head dim throws sinkmoe::error naming it and the list.
+template <class F>
+void dispatch_head_dim(int head_dim, F&& f) {
+  switch (head_dim) {
+    case 64:
+      f(std::integral_constant<int, 64>{});
+      return;
+    case 128:
+      f(std::integral_constant<int, 128>{});
+      return;
+    default:
+      throw error(sinkmoe::detail::concat(
+          "forward_args.q: head_dim = ", head_dim,
+          " is not instantiated for exec::cuda (instantiated head dims: 64, 128)"));
+  }
 }
 
 /// Longest query sequence of a validated problem whose cu_seqlens (if any) are host pointers.

@@ -90,6 +90,31 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       for (int q0 = 0; q0 < span.tq; q0 += BQ) tasks.push_back({s, h, q0});
   }
 
+  // K^T and V are staged once per (sequence, kv head, key tile) in the accumulator type and
+  // shared read-only by every query tile and GQA head: 2x the size of K, still linear in T.
+  std::vector<int> tile_base(static_cast<std::size_t>(shape.num_seqs) + 1, 0);
+  for (int s = 0; s < shape.num_seqs; ++s)
+    tile_base[s + 1] = tile_base[s] + (sequence_at(shape, a.varlen, s).tk + BK - 1) / BK;
+  const int total_tiles = tile_base.back();
+  const std::size_t tile_elems = static_cast<std::size_t>(dp) * BK;
+  std::vector<F> kt_packed(static_cast<std::size_t>(shape.kv_heads) * total_tiles * tile_elems);
+  std::vector<F> v_packed(kt_packed.size());
+  detail::parallel_for(
+      ex.threads, static_cast<std::int64_t>(shape.kv_heads) * total_tiles, [&](std::int64_t pi) {
+        const int hk = static_cast<int>(pi / total_tiles),
+                  tile = static_cast<int>(pi % total_tiles);
+        const int s = static_cast<int>(std::upper_bound(tile_base.begin(), tile_base.end(), tile) -
+                                       tile_base.begin()) -
+                      1;
+        const sequence_span span = sequence_at(shape, a.varlen, s);
+        const int k0 = (tile - tile_base[s]) * BK, cols = std::min(BK, span.tk - k0);
+        F* kt = kt_packed.data() + static_cast<std::size_t>(pi) * tile_elems;
+        F* vv = v_packed.data() + static_cast<std::size_t>(pi) * tile_elems;
+        detail::load_rows_transposed<BK>(a.k, span.batch_index, span.k_begin + k0, cols, hk, d, dp,
+                                         kt);
+        detail::load_rows<BK>(a.v, span.batch_index, span.k_begin + k0, cols, hk, d, dp, F(1), vv);
+      });
+
   detail::parallel_for(ex.threads, static_cast<std::int64_t>(tasks.size()), [&](std::int64_t ti) {
     const task tk_ = tasks[ti];
     const sequence_span span = sequence_at(shape, a.varlen, tk_.seq);
@@ -98,12 +123,10 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
     const int h = tk_.head, hk = h / group, b = span.batch_index;
     const int q0 = tk_.q0, rows = std::min(BQ, span.tq - q0);
 
-    std::vector<F> buffer(static_cast<std::size_t>(BQ * dp * 2 + dp * BK + BK * dp + BQ * BK * 2));
+    std::vector<F> buffer(static_cast<std::size_t>(BQ * dp * 2 + BQ * BK * 2));
     F* q_tile = buffer.data();
     F* o_acc = q_tile + BQ * dp;
-    F* kt_tile = o_acc + BQ * dp;
-    F* v_tile = kt_tile + dp * BK;
-    F* s_tile = v_tile + BK * dp;
+    F* s_tile = o_acc + BQ * dp;
     F* p_tile = s_tile + BQ * BK;
     F row_max[BQ], row_sum[BQ], first_key_score[BQ];
     for (int i = 0; i < BQ; ++i) {
@@ -122,9 +145,11 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       const int cols = std::min(BK, span.tk - k0);
       const tile_kind kind = mask.tile_class(q0, q0 + rows, k0, k0 + cols);
       if (kind == tile_kind::empty) continue;
-      detail::load_rows_transposed<BK>(a.k, b, span.k_begin + k0, cols, hk, d, dp, kt_tile);
-      detail::load_rows<BK>(a.v, b, span.k_begin + k0, cols, hk, d, dp, F(1), v_tile);
-      detail::tile_matmul_bt<BQ, BK>(q_tile, dp, kt_tile, dp, s_tile);
+      const std::size_t packed_at =
+          (static_cast<std::size_t>(hk) * total_tiles + tile_base[tk_.seq] + k0 / BK) * tile_elems;
+      const F* kt_ptr = kt_packed.data() + packed_at;
+      const F* v_ptr = v_packed.data() + packed_at;
+      detail::tile_matmul_bt<BQ, BK>(q_tile, dp, kt_ptr, dp, s_tile);
 
       for (int i = 0; i < rows; ++i) {
         F* s_row = s_tile + i * BK;
@@ -158,7 +183,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
           for (int c = 0; c < dp; ++c) o_row[c] *= rescale;
       }
       for (int i = rows; i < BQ; ++i) std::fill(p_tile + i * BK, p_tile + (i + 1) * BK, F(0));
-      detail::tile_matmul_acc<BQ, BK>(p_tile, v_tile, dp, dp, o_acc);
+      detail::tile_matmul_acc<BQ, BK>(p_tile, v_ptr, dp, dp, o_acc);
     }
 
     // Epilogue per row: add the sink, normalise, gate, router value (paper.md section 2).

@@ -15,12 +15,78 @@ inline constexpr int k_col_block = 16;  // columns per register block (two AVX2 
 /// Rounds a head dimension up to a multiple of the column block (tile buffers are padded).
 constexpr int padded_dim(int d) { return (d + k_col_block - 1) / k_col_block * k_col_block; }
 
+// SINKMOE_HOST_VECTOR_EXT: GCC/Clang vector extensions on an AVX target (-mavx2 -mfma or
+// -march=native). The float paths below are then written 8 lanes at a time, so no
+// auto-vectoriser decision can leave them scalar; other builds use the generic loops.
+#if defined(__GNUC__) && defined(__AVX__) && !defined(SINKMOE_NO_VECTOR_EXT)
+#define SINKMOE_HOST_VECTOR_EXT 1
+typedef float v8f __attribute__((vector_size(32)));
+typedef std::int32_t v8i __attribute__((vector_size(32)));
+inline v8f load8(const float* p) {
+  v8f v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8(float* p, v8f v) { __builtin_memcpy(p, &v, sizeof v); }
+
+/// C[R][16] (= or +=) A[R][k] (row stride lda) * B[k][16] (row stride ldb): 2R accumulators.
+template <int R, bool Accumulate>
+inline void gemm_micro_f32(const float* a, int lda, const float* b, int ldb, int k, float* c,
+                           int ldc) {
+  v8f c0[R], c1[R];
+  for (int r = 0; r < R; ++r) {
+    if constexpr (Accumulate) {
+      c0[r] = load8(c + r * ldc);
+      c1[r] = load8(c + r * ldc + 8);
+    } else {
+      c0[r] = v8f{};
+      c1[r] = v8f{};
+    }
+  }
+  for (int kk = 0; kk < k; ++kk) {
+    v8f b0 = load8(b + kk * ldb), b1 = load8(b + kk * ldb + 8);
+    // Keeps B in registers: GCC otherwise re-reads it as a memory operand of every FMA, and the
+    // kernel becomes load-bound.
+    asm("" : "+x"(b0), "+x"(b1));
+    for (int r = 0; r < R; ++r) {
+      const float as = a[r * lda + kk];
+      const v8f av = {as, as, as, as, as, as, as, as};
+      c0[r] += av * b0;
+      c1[r] += av * b1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    store8(c + r * ldc, c0[r]);
+    store8(c + r * ldc + 8, c1[r]);
+  }
+}
+
+/// C[M][n] (= or +=) A[M][k] * B[k][n], n a multiple of 16, in 4 x 16 register blocks.
+template <int M, bool Accumulate>
+inline void gemm_f32(const float* a, int lda, const float* b, int ldb, int k, float* c, int ldc,
+                     int n) {
+  static_assert(M % k_row_block == 0);
+  for (int j0 = 0; j0 < n; j0 += k_col_block)
+    for (int i0 = 0; i0 < M; i0 += k_row_block)
+      gemm_micro_f32<k_row_block, Accumulate>(a + i0 * lda, lda, b + j0, ldb, k, c + i0 * ldc + j0,
+                                              ldc);
+}
+#else
+#define SINKMOE_HOST_VECTOR_EXT 0
+#endif
+
 /// C[M][N] = A[M][ld] * Bt[ld][N] over the first `depth` columns of A (B stored transposed).
 // Not inlined: one copy per tile shape serves every policy instantiation (compile time), and
 // a call per tile costs nothing next to the tile's M*N*depth multiply-adds.
 template <int M, int N, class F>
 [[gnu::noinline]] void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c) {
   static_assert(M % k_row_block == 0 && N % k_col_block == 0);
+#if SINKMOE_HOST_VECTOR_EXT
+  if constexpr (std::is_same_v<F, float>) {
+    gemm_f32<M, false>(a, ld, bt, N, depth, c, N, N);
+    return;
+  }
+#endif
   for (int i0 = 0; i0 < M; i0 += k_row_block) {
     for (int j0 = 0; j0 < N; j0 += k_col_block) {
       F acc[k_row_block][k_col_block] = {};
@@ -43,6 +109,12 @@ template <int M, int N, class F>
 template <int M, int N, class F>
 [[gnu::noinline]] void tile_matmul_acc(const F* a, const F* b, int ld, int width, F* c) {
   static_assert(M % k_row_block == 0);
+#if SINKMOE_HOST_VECTOR_EXT
+  if constexpr (std::is_same_v<F, float>) {
+    gemm_f32<M, true>(a, N, b, ld, N, c, ld, width);
+    return;
+  }
+#endif
   for (int i0 = 0; i0 < M; i0 += k_row_block) {
     for (int c0 = 0; c0 < width; c0 += k_col_block) {
       F acc[k_row_block][k_col_block];
@@ -73,7 +145,10 @@ inline void tile_transpose(const F* in, F* out) {
 /// about 1 ulp; returns exactly 0 below -87 (so -inf and masked logits give 0, never NaN).
 inline float exp_vectorizable(float x) {
   const float clamped = math::min(math::max(x, -87.0f), 88.0f);
-  const float n = __builtin_floorf(clamped * 1.44269504088896341f + 0.5f);
+  // Round to nearest by the 1.5 * 2^23 trick: vectorises without -fno-trapping-math, which
+  // floorf needs (otherwise GCC emits a libm call per element).
+  constexpr float round_magic = 12582912.0f;
+  const float n = (clamped * 1.44269504088896341f + round_magic) - round_magic;
   float r = clamped - n * 0.693359375f;
   r -= n * -2.12194440e-4f;
   const float r2 = r * r;
@@ -85,15 +160,46 @@ inline float exp_vectorizable(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
   const float scale = std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23);
-  return x < -87.0f ? 0.0f : p * scale;
+  // A select between constants, then a multiply: GCC does not if-convert a select whose arm
+  // holds a floating-point operation under its default -ftrapping-math, which would leave the
+  // whole loop scalar.
+  const float keep = x < -87.0f ? 0.0f : 1.0f;
+  return p * scale * keep;
 }
+
+#if SINKMOE_HOST_VECTOR_EXT
+/// 8 lanes of exp_vectorizable, written lane-parallel (see SINKMOE_HOST_VECTOR_EXT).
+inline v8f exp8(v8f x) {
+  const v8f lo = v8f{} - 87.0f, hi = v8f{} + 88.0f;
+  v8f clamped = x < lo ? lo : x;
+  clamped = clamped > hi ? hi : clamped;
+  const v8f magic = v8f{} + 12582912.0f;
+  const v8f n = (clamped * 1.44269504088896341f + magic) - magic;
+  v8f r = clamped - n * 0.693359375f;
+  r -= n * -2.12194440e-4f;
+  const v8f r2 = r * r;
+  v8f p = v8f{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+  const v8f result = p * std::bit_cast<v8f>(bits);
+  return x < lo ? v8f{} : result;
+}
+#endif
 
 /// out[j] = exp(in[j] - shift) for a row; float uses the vectorisable exp, double std::exp.
 template <class F>
 inline void exp_row(const F* in, F shift, int n, F* out) {
   if constexpr (std::is_same_v<F, float>) {
-#pragma omp simd
-    for (int j = 0; j < n; ++j) out[j] = exp_vectorizable(in[j] - shift);
+    int j = 0;
+#if SINKMOE_HOST_VECTOR_EXT
+    for (; j + 8 <= n; j += 8) store8(out + j, exp8(load8(in + j) - shift));
+#endif
+    for (; j < n; ++j) out[j] = exp_vectorizable(in[j] - shift);
   } else {
     for (int j = 0; j < n; ++j) out[j] = math::exp_shifted(in[j], shift);
   }

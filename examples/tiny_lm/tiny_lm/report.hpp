@@ -1,0 +1,67 @@
+#pragma once
+// What people look at: the per-layer x per-head importance heatmap (terminal and SVG) and the
+// Markdown tables of a run and of the six-run comparison.
+
+#include <string>
+#include <vector>
+
+#include "tiny_lm/balance.hpp"
+#include "tiny_lm/config.hpp"
+
+namespace tiny_lm {
+
+/// Validation metrics of a model: cross-entropy, accuracies and head importance.
+struct eval_result {
+  double loss = 0;             ///< mean cross-entropy (nats per byte)
+  double accuracy = 0;         ///< next-byte accuracy
+  double recall_accuracy = 0;  ///< accuracy on recall answers (built-in corpus)
+  long long tokens = 0;
+  long long answers = 0;             ///< recall answers scored (0 for text files)
+  sinkmoe::balance::report balance;  ///< importance over the validation set, CV, head metrics
+};
+
+/// Training-speed numbers of a run (from step_timers).
+struct speed_summary {
+  double tokens_per_second = 0;
+  double step_seconds = 0;     ///< mean wall time of one optimiser step
+  double attention_share = 0;  ///< of step time
+  double balance_share = 0;
+  long long steps = 0;
+};
+
+/// One finished run as the reports show it.
+struct run_summary {
+  std::string label;  ///< e.g. "sink, lambda = 0"
+  std::string dir;
+  train_config config;
+  eval_result val;
+  speed_summary speed;
+};
+
+/// The heatmap for a terminal: one row per layer, two cells per head whose height (and, with
+/// `color`, hue) is the head's importance in [0, 1], then CV, effective heads and dormant share.
+std::string terminal_heatmap(const sinkmoe::balance::report& rep, bool color,
+                             const std::string& indent = "  ");
+
+/// An SVG of heatmap panels laid out `columns` per row (for compare: base | balanced).
+struct heatmap_panel {
+  std::string title;
+  sinkmoe::balance::report rep;
+};
+std::string heatmap_svg(const std::vector<heatmap_panel>& panels, int columns,
+                        const std::string& title, const std::string& subtitle);
+
+/// Markdown summary of one run (metrics, per-layer table, speed).
+std::string run_markdown(const run_summary& run);
+
+/// The comparison table, shaped like the paper's: one row per mechanism, "base -> balanced".
+/// `pairs` holds (lambda = 0, lambda > 0) per mechanism.
+std::string compare_markdown(const std::vector<std::pair<run_summary, run_summary>>& pairs);
+
+/// The one-line config description used in titles ("2 layers x 8 heads, width 64, ...").
+std::string describe_shape(const train_config& cfg);
+
+/// "1.234" style formatting helpers.
+std::string fixed(double x, int decimals);
+
+}  // namespace tiny_lm

@@ -1,0 +1,67 @@
+#pragma once
+// exec::cuda forward (design.md section 5): validates the arguments, dispatches the head dim
+// over the instantiated list, and launches the fused forward kernel
+// (sinkmoe/cuda/forward_kernel.hpp) on the caller's stream. nvcc only.
+//
+//   sinkmoe::fused::cuda_forward<sinkmoe::sink_attention<>>(sinkmoe::exec::cuda{stream}, args);
+//
+// args is a forward_args<arch::bf16> or forward_args<arch::fp16> (__nv_bfloat16 / __half under
+// nvcc) whose tensors, sinks and cu_seqlens live in device memory (or managed memory).
+// Synchronisation: none, except for variable-length batches, whose cu_seqlens are copied to the
+// host (a small copy and a stream synchronise) so that they can be validated like the host
+// backend's and the grid can be sized by the longest sequence.
+
+#if !defined(__CUDACC__)
+#error "sinkmoe/cuda/forward.cuh is CUDA code: compile it with nvcc"
+#endif
+
+#include <cstdint>
+#include <sinkmoe/args.hpp>
+#include <sinkmoe/core/error.hpp>
+#include <sinkmoe/cuda/arch/arch.hpp>
+#include <sinkmoe/cuda/check.hpp>
+#include <sinkmoe/cuda/exec.hpp>
+#include <sinkmoe/cuda/forward_kernel.hpp>
+#include <vector>
+
+namespace sinkmoe::fused {
+
+/// Forward pass of the policy bundle Attn (an attention<...>) on the GPU: writes out, and lse /
+/// router / first_key_mass where given. Throws sinkmoe::error for an invalid argument (before
+/// anything is written), for a head dim outside {64, 128}, for rows of q, k, v or out that are
+/// not 16-byte aligned, and when a CUDA call fails (naming the call).
+template <class Attn, arch::half_precision Element>
+void cuda_forward(const exec::cuda& ex, const forward_args<Element>& args) {
+  // Validation reads cu_seqlens on the host (as the host backend's does): copy them over.
+  forward_args<Element> host_visible = args;
+  std::vector<std::int32_t> cu_q, cu_k;
+  if (args.varlen.enabled()) {
+    const varlen_batch& vl = args.varlen;
+    sinkmoe::detail::require(vl.cu_seqlens_k != nullptr,
+                             "varlen.cu_seqlens_k is null while cu_seqlens_q is set");
+    sinkmoe::detail::require(vl.num_seqs >= 1, "varlen.num_seqs = ", vl.num_seqs, ": must be >= 1");
+    const std::size_t bytes = sizeof(std::int32_t) * static_cast<std::size_t>(vl.num_seqs + 1);
+    cu_q.resize(static_cast<std::size_t>(vl.num_seqs) + 1);
+    cu_k.resize(cu_q.size());
+    SINKMOE_CUDA_CHECK(
+        cudaMemcpyAsync(cu_q.data(), vl.cu_seqlens_q, bytes, cudaMemcpyDefault, ex.stream));
+    SINKMOE_CUDA_CHECK(
+        cudaMemcpyAsync(cu_k.data(), vl.cu_seqlens_k, bytes, cudaMemcpyDefault, ex.stream));
+    SINKMOE_CUDA_CHECK(cudaStreamSynchronize(ex.stream));
+    host_visible.varlen = {cu_q.data(), cu_k.data(), vl.num_seqs};
+  }
+  const problem_shape shape = Attn::validate(host_visible);
+  const int max_tq = max_query_rows(shape, host_visible.varlen);
+
+  dispatch_head_dim(shape.head_dim, [&](auto head_dim) {
+    using kernel = forward_kernel<Attn, Element, decltype(head_dim)::value>;
+    // The kernel gets the caller's (device) cu_seqlens.
+    const forward_params<Element> params = make_forward_params(args, shape);
+    const launch_geometry geometry = forward_launch_geometry<kernel>(shape, max_tq);
+    if (geometry.empty()) return;
+    SINKMOE_CUDA_CHECK(arch::launch<kernel>(geometry.grid, geometry.block, geometry.smem_bytes,
+                                            ex.stream, params));
+  });
+}
+
+}  // namespace sinkmoe::fused

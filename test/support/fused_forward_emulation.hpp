@@ -1,0 +1,32 @@
+// Runs the fused forward kernel (include/sinkmoe/cuda/forward_kernel.hpp) through the host
+// emulation of the primitive layer: the same validation, parameters and launch geometry as the
+// nvcc launcher (sinkmoe/cuda/forward.cuh), with arch::emulated_launch in place of
+// arch::launch. Tests only (needs Boost.Context); include before any other sinkmoe header that
+// pulls in the primitive layer.
+#pragma once
+
+#include <sinkmoe/cuda/arch/emulation.hpp>
+// The emulation header must come first: it selects the emulated primitive layer.
+#include <sinkmoe/attention.hpp>
+#include <sinkmoe/cuda/forward_kernel.hpp>
+
+namespace sinkmoe::testing {
+
+/// attention<...>::forward on the fused kernel, emulated: validates (throws sinkmoe::error like
+/// the library), launches forward_kernel<Attn, Element, HeadDim> and returns the emulation's
+/// counters (all zero when there is no query row). cu_seqlens are host pointers here.
+template <class Attn, int HeadDim, sinkmoe::arch::half_precision Element>
+sinkmoe::arch::emulation_stats emulated_fused_forward(const forward_args<Element>& args) {
+  const problem_shape shape = Attn::validate(args);
+  detail::require(shape.head_dim == HeadDim, "emulated_fused_forward: head_dim = ", shape.head_dim,
+                  ", but the kernel was instantiated for ", HeadDim);
+  using kernel = fused::forward_kernel<Attn, Element, HeadDim>;
+  const fused::forward_params<Element> params = fused::make_forward_params(args, shape);
+  const fused::launch_geometry geometry =
+      fused::forward_launch_geometry<kernel>(shape, fused::max_query_rows(shape, args.varlen));
+  if (geometry.empty()) return {};
+  return sinkmoe::arch::emulated_launch(geometry.grid, geometry.block, geometry.smem_bytes,
+                                        kernel{}, params);
+}
+
+}  // namespace sinkmoe::testing

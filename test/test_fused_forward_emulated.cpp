@@ -1,0 +1,299 @@
+// The fused forward kernel (include/sinkmoe/cuda/forward_kernel.hpp) run through the host
+// emulation of the primitive layer (design.md section 6) and compared with the CPU backend in
+// fp64 under FlashAttention's tolerance rule (support/fused_forward_check.hpp says exactly how).
+//
+// This unit: the policy product for sink::none (sink::learned and sink::fixed have their own
+// units, test_fused_forward_emulated_{learned,fixed}.cpp, to bound compile time), head dim 128
+// and fp16, variable-length batches, soft-cap, a custom mask whose interior tiles are partial,
+// the tiles the kernel skips, and the arguments this path rejects.
+#define BOOST_TEST_MODULE fused_forward_emulated
+#include <string>
+
+#include "support/fused_forward_check.hpp"
+
+namespace fc = sinkmoe::testing::fused_check;
+namespace arch = sinkmoe::arch;
+namespace gate = sinkmoe::gate;
+namespace mask = sinkmoe::mask;
+namespace route = sinkmoe::route;
+namespace sink = sinkmoe::sink;
+namespace score = sinkmoe::score;
+using arch::bf16;
+using arch::fp16;
+using sinkmoe::attention;
+
+// ---------------------------------------------------------------------------------------------
+// Policy product, sink::none (vanilla: key 0 is the sink)
+// ---------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(product_sink_none)
+
+BOOST_AUTO_TEST_CASE(gate_none) { fc::run_product_masks<sink::none, gate::none>(10000); }
+BOOST_AUTO_TEST_CASE(gate_headwise) { fc::run_product_masks<sink::none, gate::headwise>(11000); }
+BOOST_AUTO_TEST_CASE(gate_elementwise) {
+  fc::run_product_masks<sink::none, gate::elementwise>(12000);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+// Head dim 128 and fp16: a few combinations each, on the product's larger shapes
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+/// Product shapes 1 (B 2, Tq 65, Tk 130, GQA 2), 2 (Tq 130 > Tk 63, empty causal rows) and 4
+/// (Tq 64, Tk 65, top-left).
+template <class Attn, int HeadDim, class E>
+void run_larger_shapes(unsigned seed) {
+  const std::vector<fc::case_spec> shapes = fc::product_shapes(seed);
+  for (int i : {1, 2, 4})
+    fc::run_case<Attn, HeadDim, E>(shapes[i], fc::describe<Attn, HeadDim, E>(shapes[i]));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(head_dims_and_types)
+
+BOOST_AUTO_TEST_CASE(bf16_head_dim_128) {
+  run_larger_shapes<attention<sink::none, gate::none, mask::causal>, 128, bf16>(40000);
+  run_larger_shapes<attention<sink::learned, gate::headwise, mask::sliding_window, route::product>,
+                    128, bf16>(40100);
+  run_larger_shapes<attention<sink::fixed, gate::elementwise, mask::streaming>, 128, bf16>(40200);
+}
+
+BOOST_AUTO_TEST_CASE(fp16_head_dim_64) {
+  run_larger_shapes<attention<sink::none, gate::none, mask::none>, 64, fp16>(41000);
+  run_larger_shapes<attention<sink::learned, gate::elementwise, mask::causal>, 64, fp16>(41100);
+  run_larger_shapes<attention<sink::fixed, gate::headwise, mask::sliding_window>, 64, fp16>(41200);
+}
+
+BOOST_AUTO_TEST_CASE(fp16_head_dim_128) {
+  run_larger_shapes<attention<sink::learned, gate::elementwise, mask::streaming, route::product>,
+                    128, fp16>(42000);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+// Variable-length batches (cu_seqlens): tile-boundary lengths, a sequence without queries and
+// one without keys (its rows are empty: out 0, G 0, lse = the sink)
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+fc::case_spec varlen_case(unsigned seed, int window, int sink_tokens, double fixed_sink) {
+  fc::case_spec s = fc::dense(1, 0, 0, 4, 2);
+  s.q_len = {1, 65, 0, 63, 130, 3};
+  s.k_len = {64, 130, 5, 0, 64, 2};
+  s.window = window;
+  s.sink_tokens = sink_tokens;
+  s.fixed_sink = fixed_sink;
+  s.seed = seed;
+  return s;
+}
+
+template <class Attn>
+void run_varlen(const fc::case_spec& s) {
+  fc::run_case<Attn, 64, bf16>(s, fc::describe<Attn, 64, bf16>(s));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(variable_length)
+
+BOOST_AUTO_TEST_CASE(sequences_of_tile_boundary_lengths) {
+  run_varlen<attention<sink::learned, gate::headwise, mask::causal>>(varlen_case(50000, 1, 0, 0));
+  run_varlen<attention<sink::none, gate::none, mask::sliding_window>>(varlen_case(50100, 3, 0, 0));
+  run_varlen<attention<sink::fixed, gate::elementwise, mask::streaming, route::product>>(
+      varlen_case(50200, 64, 2, 5.0));
+  run_varlen<attention<sink::none, gate::elementwise, mask::none>>(varlen_case(50300, 1, 0, 0));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+// Score policy: soft-cap (the non-linear path: Score::transform on every score, factor log2 e)
+// ---------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(softcap_scores) {
+  for (fc::case_spec s : {fc::product_shapes(60000)[1], fc::product_shapes(60100)[2]}) {
+    s.softcap = 2.5;  // with q_scale 3 most scores saturate
+    using vanilla = attention<sink::none, gate::none, mask::causal, route::deduced, score::softcap>;
+    using sinked =
+        attention<sink::learned, gate::headwise, mask::causal, route::deduced, score::softcap>;
+    fc::run_case<vanilla, 64, bf16>(s, fc::describe<vanilla, 64, bf16>(s));
+    fc::run_case<sinked, 64, bf16>(s, fc::describe<sinked, 64, bf16>(s));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Masks: interior tiles that are partial, and the tiles the kernel skips
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+/// A causal mask with holes (key j hidden when j % 3 == 1, except the diagonal): no tile is
+/// ever full, so a kernel that assumed interior tiles to be full (FlashInfer PR #4695) would see
+/// the holes. Not known to the test runner: the fp64 reference calls the CPU backend directly.
+struct holey_causal {
+  static constexpr const char* name = "holey_causal";
+  int tk = 0;
+  int offset = 0;
+  SINKMOE_HD holey_causal(const sinkmoe::attention_params& p, int tq, int tk_)
+      : tk(tk_), offset(mask::detail::diagonal_offset(p, tq, tk_)) {}
+  SINKMOE_HD bool visible(int t, int j) const {
+    const int pos = t + offset;
+    return j <= pos && (j % 3 != 1 || j == pos);
+  }
+  SINKMOE_HD sinkmoe::key_span key_range(int t) const {
+    return {0, sinkmoe::math::min(tk, t + offset + 1)};
+  }
+  SINKMOE_HD sinkmoe::tile_kind tile_class(int, int q1, int k0, int) const {
+    return k0 > q1 - 1 + offset ? sinkmoe::tile_kind::empty : sinkmoe::tile_kind::partial;
+  }
+  static void validate(const sinkmoe::attention_params& p) {
+    mask::detail::require_unused_window(p, "holey_causal");
+  }
+};
+
+/// mma.sync per visited key tile and warp at HeadDim 64: S = Q K^T is 4 d-steps x 8 n-tiles, O
+/// += P V is 4 key steps x 8 n-tiles.
+constexpr std::uint64_t k_mma_per_tile_and_warp = 4 * 8 + 4 * 8;
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(masks)
+
+BOOST_AUTO_TEST_CASE(interior_tiles_classified_partial_are_masked) {
+  using attn = attention<sink::learned, gate::none, holey_causal>;
+  for (fc::case_spec s :
+       {fc::dense(1, 130, 200, 2, 1), fc::dense(2, 65, 64, 2, 2, true, 1, 0, 0.0, 2.0)}) {
+    s.seed = 70000 + static_cast<unsigned>(s.Tq);
+    fc::run_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s));
+  }
+}
+
+// Only tiles the mask does not classify as empty are visited: the number of mma.sync the
+// emulation counts is (visited tiles) x 4 warps x 64, with the visited tiles counted by hand.
+BOOST_AUTO_TEST_CASE(empty_tiles_are_skipped) {
+  const auto mma_count = [](const fc::case_result& r) { return r.stats.mma; };
+  const std::uint64_t per_tile = 4 * k_mma_per_tile_and_warp;  // B = 1, Hq = 1
+  {
+    // Causal, Tq = Tk = 192: query tile i sees key tiles 0..i: 1 + 2 + 3.
+    using attn = attention<sink::none, gate::none, mask::causal>;
+    fc::case_spec s = fc::dense(1, 192, 192, 1, 1);
+    s.seed = 71000;
+    BOOST_TEST(mma_count(fc::run_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s))) ==
+               6 * per_tile);
+  }
+  {
+    // Sliding window 64, Tq = Tk = 256: query tile i sees key tiles i-1 and i: 1 + 2 + 2 + 2.
+    using attn = attention<sink::learned, gate::none, mask::sliding_window>;
+    fc::case_spec s = fc::dense(1, 256, 256, 1, 1, false, 64, 0, 0.0);
+    s.seed = 71100;
+    BOOST_TEST(mma_count(fc::run_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s))) ==
+               7 * per_tile);
+  }
+  {
+    // Streaming, window 64 and 4 sink tokens, Tq = Tk = 256: query tile 3 sees key tile 0
+    // (the sink tokens; partial inside the row range), 2 and 3: 1 + 2 + 3 + 3.
+    using attn = attention<sink::fixed, gate::none, mask::streaming>;
+    fc::case_spec s = fc::dense(1, 256, 256, 1, 1, false, 64, 4, 5.0);
+    s.seed = 71200;
+    BOOST_TEST(mma_count(fc::run_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s))) ==
+               9 * per_tile);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+// Arguments this path rejects (sinkmoe::error naming the argument, nothing written)
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+/// Whether calling f throws sinkmoe::error whose message contains every one of `parts`.
+template <class F>
+bool throws_naming(F&& f, std::initializer_list<const char*> parts) {
+  try {
+    f();
+  } catch (const sinkmoe::error& e) {
+    const std::string what = e.what();
+    for (const char* part : parts)
+      if (what.find(part) == std::string::npos) {
+        BOOST_TEST_MESSAGE("message lacks '" << part << "': " << what);
+        return false;
+      }
+    return true;
+  }
+  return false;
+}
+
+/// A valid small bf16 problem (B 1, T 8, Hq = Hkv = 1, D 64) over caller-owned buffers.
+struct small_problem {
+  static constexpr int k_t = 8, k_d = 64;
+  std::vector<bf16> q, kv, out;
+  sinkmoe::forward_args<bf16> args;
+  small_problem() : q(k_t * k_d + 16, bf16{0}), kv(k_t * k_d, bf16{0}), out(k_t * k_d + 16) {
+    for (auto& x : out) x = arch::from_bits<bf16>(0x1234);
+    args.q = {q.data(), {1, k_t, 1, k_d}};
+    args.k = {kv.data(), {1, k_t, 1, k_d}};
+    args.v = {kv.data(), {1, k_t, 1, k_d}};
+    args.out = {out.data(), {1, k_t, 1, k_d}};
+  }
+  bool out_untouched() const {
+    for (const bf16& x : out)
+      if (arch::to_bits(x) != 0x1234) return false;
+    return true;
+  }
+};
+
+using vanilla_causal = attention<sink::none, gate::none, mask::causal>;
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(arguments)
+
+BOOST_AUTO_TEST_CASE(misaligned_rows_are_rejected) {
+  {
+    small_problem p;
+    p.args.q.data = p.q.data() + 1;  // 2 bytes off: cp.async needs 16
+    BOOST_TEST(
+        throws_naming([&] { sinkmoe::testing::emulated_fused_forward<vanilla_causal, 64>(p.args); },
+                      {"forward_args.q", "16-byte aligned"}));
+    BOOST_TEST(p.out_untouched());
+  }
+  {
+    small_problem p;
+    p.args.out.stride = {small_problem::k_t * 65, 65, 65, 1};  // rows 65 elements apart
+    p.args.out.shape = {1, small_problem::k_t - 1, 1, 64};
+    p.args.q.shape = {1, small_problem::k_t - 1, 1, 64};
+    BOOST_TEST(
+        throws_naming([&] { sinkmoe::testing::emulated_fused_forward<vanilla_causal, 64>(p.args); },
+                      {"forward_args.out", "multiple of 8"}));
+    BOOST_TEST(p.out_untouched());
+  }
+  {
+    small_problem p;  // the shared validation runs first: a bad shape names its argument
+    p.args.k.shape = {1, small_problem::k_t, 1, 32};
+    BOOST_TEST(
+        throws_naming([&] { sinkmoe::testing::emulated_fused_forward<vanilla_causal, 64>(p.args); },
+                      {"forward_args.k"}));
+    BOOST_TEST(p.out_untouched());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(head_dims_outside_the_instantiated_list_are_rejected) {
+  int called_with = 0;
+  sinkmoe::fused::dispatch_head_dim(128, [&](auto d) { called_with = decltype(d)::value; });
+  BOOST_TEST(called_with == 128);
+  sinkmoe::fused::dispatch_head_dim(64, [&](auto d) { called_with = decltype(d)::value; });
+  BOOST_TEST(called_with == 64);
+  for (int d : {16, 96, 256})
+    BOOST_TEST(throws_naming([&] { sinkmoe::fused::dispatch_head_dim(d, [](auto) {}); },
+                             {"head_dim = ", std::to_string(d).c_str(), "64, 128"}));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,18 @@
+// The fused forward kernel under the host emulation, sink::fixed x every gate, mask and route
+// at HeadDim 64, bf16 (the policy product is split by sink policy, one translation unit each,
+// to bound compile time). Checks: support/fused_forward_check.hpp.
+#include "support/fused_forward_check.hpp"
+
+namespace fc = sinkmoe::testing::fused_check;
+namespace gate = sinkmoe::gate;
+using sink_policy = sinkmoe::sink::fixed;
+
+BOOST_AUTO_TEST_SUITE(product_sink_fixed)
+
+BOOST_AUTO_TEST_CASE(gate_none) { fc::run_product_masks<sink_policy, gate::none>(30000); }
+BOOST_AUTO_TEST_CASE(gate_headwise) { fc::run_product_masks<sink_policy, gate::headwise>(31000); }
+BOOST_AUTO_TEST_CASE(gate_elementwise) {
+  fc::run_product_masks<sink_policy, gate::elementwise>(32000);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

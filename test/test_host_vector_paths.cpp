@@ -1,0 +1,135 @@
+// The CPU backend's AVX vector-extension paths (host/tile_ops.hpp, SINKMOE_HOST_VECTOR_EXT):
+// this unit is compiled with -mavx2 -mfma, unlike the other suites, so the hand-vectorised exp
+// and tile products run here against the fp64 oracle. Skipped on a CPU without AVX2/FMA.
+#define BOOST_TEST_MODULE host_vector_paths
+#include <boost/test/unit_test.hpp>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include <sinkmoe/sinkmoe.hpp>
+
+#include "support/reference.hpp"
+
+namespace ref = sinkmoe::testing::ref;
+namespace utf = boost::unit_test;
+
+static_assert(SINKMOE_HOST_VECTOR_EXT == 1, "this unit must be built with AVX enabled");
+
+namespace {
+
+struct cpu_has_avx2 {
+  boost::test_tools::assertion_result operator()(utf::test_unit_id) const {
+    const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    boost::test_tools::assertion_result r(ok);
+    if (!ok) r.message() << "the CPU has no AVX2/FMA";
+    return r;
+  }
+};
+
+std::vector<double> random_vector(std::mt19937& rng, std::size_t n, double scale = 1.0) {
+  std::normal_distribution<double> dist(0.0, scale);
+  std::vector<double> v(n);
+  for (double& x : v) x = dist(rng);
+  return v;
+}
+
+double max_abs(const std::vector<double>& x) {
+  double m = 0;
+  for (double v : x) m = std::max(m, std::abs(v));
+  return m;
+}
+
+template <class Attn>
+void check_against_oracle(const ref::config& c, unsigned seed) {
+  std::mt19937 rng(seed);
+  ref::inputs in;
+  in.q = random_vector(rng, std::size_t(c.B) * c.Tq * c.Hq * c.D);
+  in.k = random_vector(rng, std::size_t(c.B) * c.Tk * c.Hkv * c.D);
+  in.v = random_vector(rng, in.k.size());
+  in.sinks = random_vector(rng, std::size_t(c.Hq), 2.0);
+  ref::cotangents ct;
+  ct.dout = random_vector(rng, in.q.size());
+  ct.drouter = random_vector(rng, std::size_t(c.B) * c.Hq * c.Tq);
+  const ref::forward_result want = ref::forward(c, in);
+  const ref::gradients want_grad = ref::backward(c, in, ct);
+
+  auto to_float = [](const std::vector<double>& x) { return std::vector<float>(x.begin(), x.end()); };
+  std::vector<float> q = to_float(in.q), k = to_float(in.k), v = to_float(in.v),
+                     sinks = to_float(in.sinks), dout = to_float(ct.dout),
+                     drouter = to_float(ct.drouter);
+  std::vector<float> out(q.size()), lse(drouter.size()), router(drouter.size());
+  std::vector<float> dq(q.size()), dk(k.size()), dv(v.size()), dsinks(sinks.size());
+  const int B = c.B, Tq = c.Tq, Tk = c.Tk, Hq = c.Hq, Hkv = c.Hkv, D = c.D;
+  sinkmoe::forward_args<float> fa;
+  fa.q = {q.data(), {B, Tq, Hq, D}};
+  fa.k = {k.data(), {B, Tk, Hkv, D}};
+  fa.v = {v.data(), {B, Tk, Hkv, D}};
+  if constexpr (Attn::sink_type::needs_sinks_tensor) fa.sinks = {sinks.data(), {Hq}};
+  fa.out = {out.data(), {B, Tq, Hq, D}};
+  fa.lse = {lse.data(), {B, Hq, Tq}};
+  fa.router = {router.data(), {B, Hq, Tq}};
+  fa.params.scale = c.scale;
+  Attn::forward(sinkmoe::exec::host{2}, fa);
+  sinkmoe::backward_args<float> ba;
+  ba.dout = {dout.data(), {B, Tq, Hq, D}};
+  ba.drouter = {drouter.data(), {B, Hq, Tq}};
+  ba.dq = {dq.data(), {B, Tq, Hq, D}};
+  ba.dk = {dk.data(), {B, Tk, Hkv, D}};
+  ba.dv = {dv.data(), {B, Tk, Hkv, D}};
+  if constexpr (Attn::sink_type::trainable) ba.dsinks = {dsinks.data(), {Hq}};
+  Attn::backward(sinkmoe::exec::host{2}, fa, ba);
+
+  // float against fp64: a bound a few hundred float ulps of the result's scale (the products
+  // sum up to 130 keys and D = 64 channels).
+  auto check = [](const char* what, const std::vector<float>& got, const std::vector<double>& ref_values) {
+    const double bound = 5e-5 * std::max(1.0, max_abs(ref_values));
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i)
+      if (std::isfinite(ref_values[i]) || std::isfinite(got[i]))
+        worst = std::max(worst, std::abs(double(got[i]) - ref_values[i]));
+    BOOST_TEST(worst <= bound, what << ": max error " << worst << " > " << bound);
+  };
+  check("out", out, want.out);
+  check("lse", lse, want.lse);
+  check("router", router, want.router);
+  check("dq", dq, want_grad.dq);
+  check("dk", dk, want_grad.dk);
+  check("dv", dv, want_grad.dv);
+  if constexpr (Attn::sink_type::trainable) check("dsinks", dsinks, want_grad.dsinks);
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(vector_exp_matches_std_exp, *utf::precondition(cpu_has_avx2())) {
+  using namespace sinkmoe::host::detail;
+  std::vector<float> in, out(8 * 2048);
+  for (int i = 0; i < 8 * 2048; ++i) in.push_back(-100.0f + 188.0f * float(i) / (8 * 2048));
+  in[3] = -std::numeric_limits<float>::infinity();
+  exp_row(in.data(), 0.0f, int(in.size()), out.data());
+  double worst_rel = 0;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    const double want = std::exp(double(in[i]));
+    if (in[i] < -87.0f) {
+      BOOST_TEST(out[i] == 0.0f, "exp(" << in[i] << ") must flush to 0");
+      continue;
+    }
+    worst_rel = std::max(worst_rel, std::abs(out[i] - want) / want);
+  }
+  BOOST_TEST(worst_rel < 4e-7, "worst relative error " << worst_rel);
+}
+
+BOOST_AUTO_TEST_CASE(vanilla_causal_tile_boundaries, *utf::precondition(cpu_has_avx2())) {
+  ref::config c{.B = 2, .Tq = 130, .Tk = 130, .Hq = 4, .Hkv = 2, .D = 64, .scale = 0.125};
+  c.mask = ref::mask_kind::causal;
+  check_against_oracle<sinkmoe::vanilla_attention<>>(c, 1);
+}
+
+BOOST_AUTO_TEST_CASE(learned_sink_unmasked_tq_ne_tk, *utf::precondition(cpu_has_avx2())) {
+  ref::config c{.B = 1, .Tq = 65, .Tk = 127, .Hq = 2, .Hkv = 1, .D = 48, .scale = 0.144};
+  c.sink = ref::sink_kind::learned;
+  c.mask = ref::mask_kind::none;
+  check_against_oracle<sinkmoe::attention<sinkmoe::sink::learned, sinkmoe::gate::none,
+                                          sinkmoe::mask::none>>(c, 2);
+}
