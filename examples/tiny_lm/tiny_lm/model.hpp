@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "tiny_lm/attention_backend.hpp"
-#include "tiny_lm/balance.hpp"
+#include <sinkmoe/balance/balance.hpp>
 #include "tiny_lm/config.hpp"
 #include "tiny_lm/data.hpp"
 #include "tiny_lm/ops.hpp"

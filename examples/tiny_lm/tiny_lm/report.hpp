@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "tiny_lm/balance.hpp"
+#include <sinkmoe/balance/balance.hpp>
 #include "tiny_lm/config.hpp"
 
 namespace tiny_lm {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "tiny_lm/balance.hpp"
+#include <sinkmoe/balance/balance.hpp>
 #include "tiny_lm/checkpoint.hpp"
 #include "tiny_lm/config.hpp"
 #include "tiny_lm/data.hpp"

@@ -75,63 +75,53 @@ inline void gemm_f32(const float* a, int lda, const float* b, int ldb, int k, fl
 #define SINKMOE_HOST_VECTOR_EXT 0
 #endif
 
-/// C[M][N] = A[M][ld] * Bt[ld][N] over the first `depth` columns of A (B stored transposed).
-// Not inlined: one copy per tile shape serves every policy instantiation (compile time), and
-// a call per tile costs nothing next to the tile's M*N*depth multiply-adds.
-template <int M, int N, class F>
-[[gnu::noinline]] void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c) {
-  static_assert(M % k_row_block == 0 && N % k_col_block == 0);
+/// C[M][n] (= or +=) A[M][k] * B[k][n] (row strides lda, ldb, ldc; n a multiple of the column
+/// block), in k_row_block x k_col_block register blocks. Float on an AVX target takes the
+/// hand-vectorised path; everything else (double, other targets) these generic loops.
+template <int M, bool Accumulate, class F>
+inline void gemm_tile(const F* a, int lda, const F* b, int ldb, int k, F* c, int ldc, int n) {
+  static_assert(M % k_row_block == 0);
 #if SINKMOE_HOST_VECTOR_EXT
   if constexpr (std::is_same_v<F, float>) {
-    gemm_f32<M, false>(a, ld, bt, N, depth, c, N, N);
+    gemm_f32<M, Accumulate>(a, lda, b, ldb, k, c, ldc, n);
     return;
   }
 #endif
   for (int i0 = 0; i0 < M; i0 += k_row_block) {
-    for (int j0 = 0; j0 < N; j0 += k_col_block) {
+    for (int j0 = 0; j0 < n; j0 += k_col_block) {
       F acc[k_row_block][k_col_block] = {};
-      for (int c0 = 0; c0 < depth; ++c0) {
-        const F* b_row = bt + c0 * N + j0;
+      if constexpr (Accumulate)
+        for (int r = 0; r < k_row_block; ++r)
+          for (int j = 0; j < k_col_block; ++j) acc[r][j] = c[(i0 + r) * ldc + j0 + j];
+      for (int kk = 0; kk < k; ++kk) {
+        const F* b_row = b + kk * ldb + j0;
         for (int r = 0; r < k_row_block; ++r) {
-          const F a_value = a[(i0 + r) * ld + c0];
+          const F a_value = a[(i0 + r) * lda + kk];
 #pragma omp simd
           for (int j = 0; j < k_col_block; ++j) acc[r][j] += a_value * b_row[j];
         }
       }
       for (int r = 0; r < k_row_block; ++r)
-        for (int j = 0; j < k_col_block; ++j) c[(i0 + r) * N + j0 + j] = acc[r][j];
+        for (int j = 0; j < k_col_block; ++j) c[(i0 + r) * ldc + j0 + j] = acc[r][j];
     }
   }
+}
+
+// The two tile products below are not inlined: one copy per tile shape serves every policy
+// instantiation (compile time), and a call per tile costs nothing next to its multiply-adds.
+
+/// C[M][N] = A[M][ld] * Bt[ld][N] over the first `depth` columns of A (B stored transposed).
+template <int M, int N, class F>
+[[gnu::noinline]] void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c) {
+  static_assert(N % k_col_block == 0);
+  gemm_tile<M, false>(a, ld, bt, N, depth, c, N, N);
 }
 
 /// C[M][ld] += A[M][N] * B[N][ld] over the first `width` (a multiple of the column block)
 /// columns of B and C.
 template <int M, int N, class F>
 [[gnu::noinline]] void tile_matmul_acc(const F* a, const F* b, int ld, int width, F* c) {
-  static_assert(M % k_row_block == 0);
-#if SINKMOE_HOST_VECTOR_EXT
-  if constexpr (std::is_same_v<F, float>) {
-    gemm_f32<M, true>(a, N, b, ld, N, c, ld, width);
-    return;
-  }
-#endif
-  for (int i0 = 0; i0 < M; i0 += k_row_block) {
-    for (int c0 = 0; c0 < width; c0 += k_col_block) {
-      F acc[k_row_block][k_col_block];
-      for (int r = 0; r < k_row_block; ++r)
-        for (int j = 0; j < k_col_block; ++j) acc[r][j] = c[(i0 + r) * ld + c0 + j];
-      for (int n = 0; n < N; ++n) {
-        const F* b_row = b + n * ld + c0;
-        for (int r = 0; r < k_row_block; ++r) {
-          const F a_value = a[(i0 + r) * N + n];
-#pragma omp simd
-          for (int j = 0; j < k_col_block; ++j) acc[r][j] += a_value * b_row[j];
-        }
-      }
-      for (int r = 0; r < k_row_block; ++r)
-        for (int j = 0; j < k_col_block; ++j) c[(i0 + r) * ld + c0 + j] = acc[r][j];
-    }
-  }
+  gemm_tile<M, true>(a, N, b, ld, N, c, ld, width);
 }
 
 /// Out[N][M] = In[M][N].
