@@ -317,17 +317,17 @@ BOOST_AUTO_TEST_CASE(empty_rows) {
     }
 }
 
-// Tk = 0 (no keys at all; the runner cannot express it since an empty std::vector has no data
-// pointer, so the library is called directly): every row is empty.
+// Tk = 0 (no keys at all; k and v have null data, as an empty std::vector gives): every row is
+// empty.
 template <class Attn>
 void run_zero_keys(double sink) {
   constexpr int B = 2, Tq = 3, H = 2, D = 16;
-  std::vector<double> q(B * Tq * H * D, 0.5), kv_dummy(1), out(q.size(), 7.0), z(B * Tq * H * D, 1.0);
+  std::vector<double> q(B * Tq * H * D, 0.5), out(q.size(), 7.0), z(B * Tq * H * D, 1.0);
   std::vector<double> lse(B * H * Tq, 7.0), router(lse.size(), 7.0), sinks(H, sink);
   sinkmoe::forward_args<double> fa;
   fa.q = {q.data(), {B, Tq, H, D}};
-  fa.k = {kv_dummy.data(), {B, 0, H, D}};
-  fa.v = {kv_dummy.data(), {B, 0, H, D}};
+  fa.k = {nullptr, {B, 0, H, D}};
+  fa.v = {nullptr, {B, 0, H, D}};
   if constexpr (Attn::sink_type::needs_sinks_tensor) fa.sinks = {sinks.data(), {H}};
   if constexpr (Attn::gate_type::enabled)
     fa.gate_logits = {z.data(), {B, Tq, H, Attn::gate_type::logit_dim(D)}};
@@ -354,19 +354,19 @@ void run_zero_queries() {
   std::vector<double> q_dummy(1, 3.0), k(B * Tk * H * D, 0.5), v(k.size(), 0.25), sinks(H, 1.0);
   std::vector<double> dk(k.size(), 9.0), dv(k.size(), 9.0), dsinks(H, 9.0);
   sinkmoe::forward_args<double> fa;
-  fa.q = {q_dummy.data(), {B, 0, H, D}};
+  fa.q = {nullptr, {B, 0, H, D}};  // zero extent: null data is allowed
   fa.k = {k.data(), {B, Tk, H, D}};
   fa.v = {v.data(), {B, Tk, H, D}};
   if constexpr (Attn::sink_type::needs_sinks_tensor) fa.sinks = {sinks.data(), {H}};
   if constexpr (Attn::gate_type::enabled)
-    fa.gate_logits = {q_dummy.data(), {B, 0, H, Attn::gate_type::logit_dim(D)}};
-  fa.out = {q_dummy.data(), {B, 0, H, D}};
+    fa.gate_logits = {nullptr, {B, 0, H, Attn::gate_type::logit_dim(D)}};
+  fa.out = {q_dummy.data(), {B, 0, H, D}};  // non-null works as well
   fa.lse = {q_dummy.data(), {B, H, 0}};
   fa.router = {q_dummy.data(), {B, H, 0}};
   Attn::forward(sinkmoe::exec::host{2}, fa);
   BOOST_TEST(q_dummy[0] == 3.0);
   sinkmoe::backward_args<double> ba;
-  ba.dout = {q_dummy.data(), {B, 0, H, D}};
+  ba.dout = {nullptr, {B, 0, H, D}};
   ba.dq = {q_dummy.data(), {B, 0, H, D}};
   ba.dk = {dk.data(), {B, Tk, H, D}};
   ba.dv = {dv.data(), {B, Tk, H, D}};

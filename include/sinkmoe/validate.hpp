@@ -17,10 +17,13 @@ namespace sinkmoe::detail {
 template <class T, int R>
 using shape_of = std::type_identity_t<std::array<index_t, R>>;
 
+/// A required view must have data, unless it holds no element (a zero extent): zero-length
+/// sequences may come from containers whose data() is null.
 template <class T, int R>
 void require_shape(const char* name, const tensor_view<T, R>& view,
                    const shape_of<T, R>& expected) {
-  require(!view.empty(), name, " is required but empty (null data)");
+  const bool holds_nothing = std::find(expected.begin(), expected.end(), 0) != expected.end();
+  require(!view.empty() || holds_nothing, name, " is required but empty (null data)");
   require(std::equal(expected.begin(), expected.end(), view.shape.begin()), name, ": shape ",
           view.shape, ", expected ", expected);
 }
@@ -61,11 +64,11 @@ inline void check_varlen(const varlen_batch& vl, index_t total_q, index_t total_
 /// Validates forward arguments against the policies; returns the problem sizes.
 template <class Sink, class Gate, class Mask, class Score, class T>
 problem_shape validate_forward(const forward_args<T>& a) {
-  require(!a.q.empty(), "forward_args.q is required but empty (null data)");
+  require(!a.q.empty() || a.q.numel() == 0, "forward_args.q is required but empty (null data)");
   const index_t batch = a.q.shape[0], tq = a.q.shape[1], hq = a.q.shape[2], d = a.q.shape[3];
   require(batch >= 1 && tq >= 0 && hq >= 1 && d >= 1, "forward_args.q: shape ", a.q.shape,
           " needs B >= 1, Tq >= 0, Hq >= 1, D >= 1");
-  require(!a.k.empty(), "forward_args.k is required but empty (null data)");
+  require(!a.k.empty() || a.k.numel() == 0, "forward_args.k is required but empty (null data)");
   const index_t tk = a.k.shape[1], hkv = a.k.shape[2];
   require(hkv >= 1 && hq % hkv == 0, "forward_args.k: Hkv = ", hkv, " must divide Hq = ", hq,
           " (GQA/MQA head ratio)");
