@@ -88,11 +88,7 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
           sink_score = score.transform(dot);
         }
       }
-      sink::row_sink<F> rs{lse[t], F(0), F(1)};
-      if (sink_score != math::neg_inf<F>() && lse[t] != math::neg_inf<F>()) {
-        rs.mass = math::exp(sink_score - lse[t]);
-        rs.complement = -math::expm1(sink_score - lse[t]);
-      }
+      const sink::row_sink<F> rs = sink::row_from_lse(lse[t], sink_score);
       if constexpr (Gate::enabled)
         detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
       const F gate_value = Gate::router_value(z.data(), d);

@@ -114,6 +114,19 @@ SINKMOE_HD inline row_sink<F> finish_row(F lse_keys, F sink_score) {
   return r;
 }
 
+/// The same row rebuilt in backward from the saved lse_full (lse_keys is not stored):
+/// A = exp(sink_score - lse_full), 1 - A = -expm1(sink_score - lse_full); 0 and 1 when the sink
+/// score or the row's lse is -inf.
+template <class F>
+SINKMOE_HD inline row_sink<F> row_from_lse(F lse_full, F sink_score) {
+  row_sink<F> r{lse_full, F(0), F(1)};
+  if (sink_score != math::neg_inf<F>() && lse_full != math::neg_inf<F>()) {
+    r.mass = math::exp(sink_score - lse_full);
+    r.complement = -math::expm1(sink_score - lse_full);
+  }
+  return r;
+}
+
 /// Backward row term D[t] = Delta[t] - gbar_sink[t] * A[t] - dLSE[t] (paper.md section 5): the
 /// only change a sink (and a loss on G or on the LSE) makes to dS = P * (dP - D).
 template <class F>
