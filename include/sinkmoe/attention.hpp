@@ -3,6 +3,7 @@
 // and dispatches to a backend. Vanilla, Sink and Gated attention are aliases over it.
 
 #include <cstdint>
+#include <type_traits>
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/exec.hpp>
@@ -17,6 +18,13 @@
 #include <sinkmoe/validate.hpp>
 
 namespace sinkmoe {
+
+/// The backend behind an execution tag other than exec::host: a backend's header specialises it
+/// with static forward<Attn>(ex, args) and backward<Attn>(ex, args, grads) (exec::cuda:
+/// <sinkmoe/cuda/fused.cuh>). Calling attention<>::forward with a tag whose backend header is
+/// not included fails to compile (incomplete type).
+template <class Exec>
+struct backend;
 
 /// Attention composed from policies. Route defaults to route::deduced (output gate if there is
 /// one, else sink mass); Score defaults to the plain scaled dot product.
@@ -62,6 +70,21 @@ struct attention {
     detail::require(ex.threads >= 0, "exec::host.threads = ", ex.threads, ": must be >= 0");
     const problem_shape shape = validate(args, grads);
     host::backward<attention>(ex, args, grads, shape);
+  }
+
+  /// The same calls on another backend (exec::cuda{stream} with <sinkmoe/cuda/fused.cuh>): the
+  /// same arguments, validation and semantics; see the backend's header for what it adds
+  /// (element types, head dims, alignment, synchronisation).
+  template <class Exec, class T>
+    requires(!std::is_same_v<Exec, exec::host>)
+  static void forward(const Exec& ex, const forward_args<T>& args) {
+    backend<Exec>::template forward<attention>(ex, args);
+  }
+  template <class Exec, class T>
+    requires(!std::is_same_v<Exec, exec::host>)
+  static void backward(const Exec& ex, const forward_args<T>& args,
+                       const backward_args<T>& grads) {
+    backend<Exec>::template backward<attention>(ex, args, grads);
   }
 
   /// Marks the query rows [B, Tq] whose router values count towards head importance: rows that

@@ -26,6 +26,33 @@
 
 namespace sinkmoe::fused {
 
+namespace detail {
+
+/// cu_seqlens copied to the host, so that validation and grid sizing can read them as the host
+/// backend's do: a small copy and a stream synchronise, only for variable-length batches.
+struct host_seqlens {
+  std::vector<std::int32_t> q, k;
+  /// varlen with host pointers (or varlen itself when it is not enabled).
+  varlen_batch copy(const varlen_batch& varlen, cudaStream_t stream) {
+    if (!varlen.enabled()) return varlen;
+    sinkmoe::detail::require(varlen.cu_seqlens_k != nullptr,
+                             "varlen.cu_seqlens_k is null while cu_seqlens_q is set");
+    sinkmoe::detail::require(varlen.num_seqs >= 1, "varlen.num_seqs = ", varlen.num_seqs,
+                             ": must be >= 1");
+    const std::size_t count = static_cast<std::size_t>(varlen.num_seqs) + 1;
+    q.resize(count);
+    k.resize(count);
+    SINKMOE_CUDA_CHECK(cudaMemcpyAsync(q.data(), varlen.cu_seqlens_q, count * sizeof(std::int32_t),
+                                       cudaMemcpyDefault, stream));
+    SINKMOE_CUDA_CHECK(cudaMemcpyAsync(k.data(), varlen.cu_seqlens_k, count * sizeof(std::int32_t),
+                                       cudaMemcpyDefault, stream));
+    SINKMOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return {q.data(), k.data(), varlen.num_seqs};
+  }
+};
+
+}  // namespace detail
+
 /// Forward pass of the policy bundle Attn (an attention<...>) on the GPU: writes out, and lse /
 /// router / first_key_mass where given. Throws sinkmoe::error for an invalid argument (before
 /// anything is written), for a head dim outside {64, 128}, for rows of q, k, v or out that are
@@ -34,22 +61,8 @@ template <class Attn, arch::half_precision Element>
 void cuda_forward(const exec::cuda& ex, const forward_args<Element>& args) {
   // Validation reads cu_seqlens on the host (as the host backend's does): copy them over.
   forward_args<Element> host_visible = args;
-  std::vector<std::int32_t> cu_q, cu_k;
-  if (args.varlen.enabled()) {
-    const varlen_batch& vl = args.varlen;
-    sinkmoe::detail::require(vl.cu_seqlens_k != nullptr,
-                             "varlen.cu_seqlens_k is null while cu_seqlens_q is set");
-    sinkmoe::detail::require(vl.num_seqs >= 1, "varlen.num_seqs = ", vl.num_seqs, ": must be >= 1");
-    const std::size_t bytes = sizeof(std::int32_t) * static_cast<std::size_t>(vl.num_seqs + 1);
-    cu_q.resize(static_cast<std::size_t>(vl.num_seqs) + 1);
-    cu_k.resize(cu_q.size());
-    SINKMOE_CUDA_CHECK(
-        cudaMemcpyAsync(cu_q.data(), vl.cu_seqlens_q, bytes, cudaMemcpyDefault, ex.stream));
-    SINKMOE_CUDA_CHECK(
-        cudaMemcpyAsync(cu_k.data(), vl.cu_seqlens_k, bytes, cudaMemcpyDefault, ex.stream));
-    SINKMOE_CUDA_CHECK(cudaStreamSynchronize(ex.stream));
-    host_visible.varlen = {cu_q.data(), cu_k.data(), vl.num_seqs};
-  }
+  detail::host_seqlens seqlens;
+  host_visible.varlen = seqlens.copy(args.varlen, ex.stream);
   const problem_shape shape = Attn::validate(host_visible);
   const int max_tq = max_query_rows(shape, host_visible.varlen);
 

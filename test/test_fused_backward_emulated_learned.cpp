@@ -1,0 +1,20 @@
+// The fused backward kernels under the host emulation, sink::learned x every gate, mask and
+// route at HeadDim 64, bf16 (one translation unit per sink policy, to bound compile time).
+// Checks: support/fused_backward_check.hpp.
+#include "support/fused_backward_check.hpp"
+
+namespace fc = sinkmoe::testing::fused_check;
+namespace gate = sinkmoe::gate;
+using sink_policy = sinkmoe::sink::learned;
+
+BOOST_AUTO_TEST_SUITE(product_sink_learned)
+
+BOOST_AUTO_TEST_CASE(gate_none) { fc::run_backward_product_masks<sink_policy, gate::none>(60000); }
+BOOST_AUTO_TEST_CASE(gate_headwise) {
+  fc::run_backward_product_masks<sink_policy, gate::headwise>(61000);
+}
+BOOST_AUTO_TEST_CASE(gate_elementwise) {
+  fc::run_backward_product_masks<sink_policy, gate::elementwise>(62000);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
