@@ -100,7 +100,12 @@ gradient_set run_backward_kernels(const problem& pb, const ref::cotangents& ct) 
     for (std::size_t i = 0; i < x.size(); ++i) y[i] = arch::to_float(x[i]);
     return y;
   };
-  gradient_set r{back(dq), back(dk), back(dv), {}, back(dz), back(out), {}};
+  gradient_set r;
+  r.dq = back(dq);
+  r.dk = back(dk);
+  r.dv = back(dv);
+  r.dgate = back(dz);
+  r.out = back(out);
   if constexpr (Sink::trainable) r.dsinks.assign(dsinks.begin(), dsinks.end());
   r.lse.assign(lse.begin(), lse.end());
   r.backward_stats = stats;
@@ -117,7 +122,13 @@ inline gradient_set reference_gradients_fp64(const problem& pb, const ref::cotan
       pb.spec.varlen()
           ? run_library_varlen<double>(pb.cfg, pb.spec.q_len, pb.spec.k_len, pb.in, ct, opts)
           : run_library<double>(pb.cfg, pb.in, ct, opts);
-  return {r.dq, r.dk, r.dv, r.dsinks, r.dgate};
+  gradient_set g;
+  g.dq = r.dq;
+  g.dk = r.dk;
+  g.dv = r.dv;
+  g.dsinks = r.dsinks;
+  g.dgate = r.dgate;
+  return g;
 }
 
 /// The naive 16-bit backward of the tolerance rule (header comment), from the forward outputs
@@ -213,7 +224,11 @@ gradient_set naive16_backward(const problem& pb, const ref::cotangents& ct, cons
     for (std::size_t i = 0; i < x.size(); ++i) y[i] = round_to<E>(x[i]);
     return y;
   };
-  gradient_set r{out16(dq), out16(dk), out16(dv), {}, out16(dz)};
+  gradient_set r;
+  r.dq = out16(dq);
+  r.dk = out16(dk);
+  r.dv = out16(dv);
+  r.dgate = out16(dz);
   if constexpr (Sink::trainable) r.dsinks.assign(dsinks.begin(), dsinks.end());
   return r;
 }

@@ -24,3 +24,12 @@
 #else
 #define SINKMOE_RESTRICT __restrict__
 #endif
+
+// SINKMOE_OMP_SIMD(clauses): `#pragma omp simd clauses` where OpenMP is enabled, else nothing
+// (so that -Wall builds without OpenMP, nvcc's host pass included, do not warn about it).
+#define SINKMOE_STRINGIFY_PRAGMA(x) _Pragma(#x)
+#if defined(_OPENMP)
+#define SINKMOE_OMP_SIMD(...) SINKMOE_STRINGIFY_PRAGMA(omp simd __VA_ARGS__)
+#else
+#define SINKMOE_OMP_SIMD(...)
+#endif

@@ -38,6 +38,10 @@
 // visible key have P = 0 everywhere (their lse is -inf or the sink logit): nothing flows from
 // them into dK, dV or dQ, and their router gradient is ignored, as the forward wrote G = 0.
 //
+// Resources (ptxas, CUDA 13.0, -O3, sm_90a): preprocess 48-72 registers; dK/dV 183-186 at D = 64
+// and 246-247 at D = 128 (it runs each 64-query tile as two 32-query passes to stay there); dQ
+// 218-228 and 242-244; no spills. Shared memory: dK/dV 56 / 104 KiB, dQ 54 / 102 KiB.
+//
 // Workspace (backward_workspace_layout, caller- or launcher-allocated device memory): dO of a
 // gated policy [B, Tq, Hq, D] Element, the row terms [B, Hq, Tq] fp32 (twice for the vanilla
 // sink), and the d(sink) partials [Hq, sequences, query tiles] fp32.
@@ -355,21 +359,24 @@ SINKMOE_DEVICE inline void load_tile(Element* dst, const Element* base, index_t 
   }
 }
 
-/// acc[16 x 64] += A[16 rows of a_tile from a_row0] . B^T where B is a [64][D] shared tile
-/// (rows are the output columns): S = Q K^T, S^T = K Q^T, dP = dO V^T, dP^T = V dO^T.
-template <class Element, int HeadDim>
-SINKMOE_DEVICE inline void product_rows_by_rows(float (&acc)[8][4], const Element* a_tile,
-                                                int a_row0, const Element* b_tile) {
+/// acc[16 x 8 NTiles] += A[16 rows of a_tile from a_row0] . B^T where B is rows b_row0 ..
+/// b_row0 + 8 NTiles of a [64][D] shared tile (its rows are the output columns): S = Q K^T,
+/// S^T = K Q^T, dP = dO V^T, dP^T = V dO^T.
+template <class Element, int HeadDim, int NTiles>
+SINKMOE_DEVICE inline void product_rows_by_rows(float (&acc)[NTiles][4], const Element* a_tile,
+                                                int a_row0, const Element* b_tile, int b_row0) {
   using geo = tile_geometry<Element, HeadDim>;
+  static_assert(NTiles % 2 == 0, "n-tiles come in pairs (one ldmatrix.x4 each)");
   const int lane = arch::lane_id();
   SINKMOE_ARCH_UNROLL
   for (int kk = 0; kk < geo::d_steps; ++kk) {
     std::uint32_t a[4];
     arch::ldmatrix_x4(a, a_tile + (a_row0 + lane % 16) * geo::row_stride + kk * 16 + (lane / 16) * 8);
     SINKMOE_ARCH_UNROLL
-    for (int np = 0; np < 4; ++np) {
+    for (int np = 0; np < NTiles / 2; ++np) {
       std::uint32_t b[4];
-      arch::ldmatrix_x4(b, b_tile + (np * 16 + lane % 8 + (lane / 16) * 8) * geo::row_stride +
+      arch::ldmatrix_x4(b, b_tile + (b_row0 + np * 16 + lane % 8 + (lane / 16) * 8) *
+                                        geo::row_stride +
                                kk * 16 + ((lane / 8) % 2) * 8);
       const std::uint32_t b_lo[2] = {b[0], b[1]};
       const std::uint32_t b_hi[2] = {b[2], b[3]};
@@ -379,16 +386,17 @@ SINKMOE_DEVICE inline void product_rows_by_rows(float (&acc)[8][4], const Elemen
   }
 }
 
-/// acc[16 x D] += X[16 x 64] . B where X is a 16 x 64 accumulator tile (rounded to Element: it
-/// becomes the A fragments directly) and B a [64][D] shared tile (k-major): O += P V,
-/// dV += P^T dO, dK += dS^T Q, dQ += dS K.
-template <class Element, int HeadDim>
-SINKMOE_DEVICE inline void product_acc_by_tile(float (&acc)[HeadDim / 8][4], const float (&x)[8][4],
-                                               const Element* b_tile) {
+/// acc[16 x D] += X[16 x 8 NTiles] . B where X is a 16-row accumulator tile (rounded to
+/// Element: it becomes the A fragments directly) and B rows b_row0 .. b_row0 + 8 NTiles of a
+/// [64][D] shared tile (k-major): O += P V, dV += P^T dO, dK += dS^T Q, dQ += dS K.
+template <class Element, int HeadDim, int NTiles>
+SINKMOE_DEVICE inline void product_acc_by_tile(float (&acc)[HeadDim / 8][4],
+                                               const float (&x)[NTiles][4], const Element* b_tile,
+                                               int b_row0) {
   using geo = tile_geometry<Element, HeadDim>;
   const int lane = arch::lane_id();
   SINKMOE_ARCH_UNROLL
-  for (int kc = 0; kc < 4; ++kc) {
+  for (int kc = 0; kc < NTiles / 2; ++kc) {
     const std::uint32_t a[4] = {arch::pack2<Element>(x[2 * kc][0], x[2 * kc][1]),
                                 arch::pack2<Element>(x[2 * kc][2], x[2 * kc][3]),
                                 arch::pack2<Element>(x[2 * kc + 1][0], x[2 * kc + 1][1]),
@@ -396,9 +404,9 @@ SINKMOE_DEVICE inline void product_acc_by_tile(float (&acc)[HeadDim / 8][4], con
     SINKMOE_ARCH_UNROLL
     for (int dp = 0; dp < geo::o_tiles / 2; ++dp) {
       std::uint32_t b[4];
-      arch::ldmatrix_x4_trans(b, b_tile +
-                                     (kc * 16 + lane % 8 + ((lane / 8) % 2) * 8) * geo::row_stride +
-                                     dp * 16 + (lane / 16) * 8);
+      arch::ldmatrix_x4_trans(
+          b, b_tile + (b_row0 + kc * 16 + lane % 8 + ((lane / 8) % 2) * 8) * geo::row_stride +
+                 dp * 16 + (lane / 16) * 8);
       const std::uint32_t b_lo[2] = {b[0], b[1]};
       const std::uint32_t b_hi[2] = {b[2], b[3]};
       arch::mma_m16n8k16<Element>(acc[2 * dp], a, b_lo);
@@ -443,13 +451,15 @@ SINKMOE_DEVICE inline void store_rows(const float (&acc)[HeadDim / 8][4], float 
 
 /// Grid (key tiles, Hkv, sequences) of 128-thread blocks. Shared memory: K and V tiles, two
 /// stages of Q and dO tiles, two stages of the 64 rows' lse (log2 units), D and key-0 terms
-/// (D = 64: 52 KiB, 128: 103 KiB).
+/// (D = 64: 56 KiB, 128: 104 KiB).
 template <class Mask, class Score, bool Key0Sink, arch::half_precision Element, int HeadDim>
 struct backward_dkdv_kernel {
   using geo = detail::tile_geometry<Element, HeadDim>;
   static constexpr int k_max_threads = k_threads;
   static constexpr int k_min_blocks = 1;
   static constexpr int k_stat_floats = 3 * k_block_q;  ///< lse, D, key-0 term of one stage
+  static constexpr int k_half = k_block_q / 2;         ///< queries per pass
+  static constexpr int k_half_tiles = k_half / 8;      ///< n-tiles of a pass
   static constexpr std::size_t smem_bytes =
       static_cast<std::size_t>(6 * geo::tile_elements) * sizeof(Element) +
       2 * k_stat_floats * sizeof(float);
@@ -538,7 +548,6 @@ struct backward_dkdv_kernel {
 
     int stage = 0;
     while (item < items) {
-      const int h_item = item / q_tiles;
       const int q0 = (item % q_tiles) * k_block_q;
       const int rows = math::min(k_block_q, s.tq - q0);
       const bool partial = tile_kind_of(item) == tile_kind::partial;
@@ -550,47 +559,53 @@ struct backward_dkdv_kernel {
       const Element* const q_tile = q_smem + stage * geo::tile_elements;
       const Element* const do_tile = do_smem + stage * geo::tile_elements;
       const float* const stats = stat_smem + stage * k_stat_floats;
-      (void)h_item;
 
-      // S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys x 64 queries.
-      // st[n][i]: key warp*16 + group + 8 (i / 2), query 8n + 2 quad_lane + i % 2.
-      float st[geo::s_tiles][4], dpt[geo::s_tiles][4], dscore[geo::s_tiles][4];
+      // Two halves of 32 queries (fewer live registers than one 64-wide pass; a half past the
+      // tile's rows is skipped, block-uniformly).
       SINKMOE_ARCH_UNROLL
-      for (int n = 0; n < geo::s_tiles; ++n)
+      for (int half = 0; half < 2; ++half) {
+        const int h0 = half * k_half;
+        if (h0 >= rows) break;
+        // S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys x 32 queries.
+        // st[n][i]: key warp*16 + group + 8 (i / 2), query h0 + 8n + 2 quad_lane + i % 2.
+        float st[k_half_tiles][4], dpt[k_half_tiles][4];
         SINKMOE_ARCH_UNROLL
-        for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = dscore[n][i] = 0.0f;
-      detail::product_rows_by_rows<Element, HeadDim>(st, k_smem, warp * 16, q_tile);
-      detail::product_rows_by_rows<Element, HeadDim>(dpt, v_smem, warp * 16, do_tile);
+        for (int n = 0; n < k_half_tiles; ++n)
+          SINKMOE_ARCH_UNROLL
+          for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.0f;
+        detail::product_rows_by_rows<Element, HeadDim>(st, k_smem, warp * 16, q_tile, h0);
+        detail::product_rows_by_rows<Element, HeadDim>(dpt, v_smem, warp * 16, do_tile, h0);
 
-      // P^T and dS^T = P^T (dP^T - D) in place (st becomes P^T, dpt becomes dS^T).
-      SINKMOE_ARCH_UNROLL
-      for (int n = 0; n < geo::s_tiles; ++n) {
+        // P^T and dS^T = P^T (dP^T - D) in place (st becomes P^T, dpt becomes dS^T).
         SINKMOE_ARCH_UNROLL
-        for (int i = 0; i < 4; ++i) {
-          const int key_local = warp * 16 + group + 8 * (i / 2);
-          const int query_local = n * 8 + 2 * quad_lane + (i % 2);
-          const int key = k0 + key_local, t = q0 + query_local;
-          float x = st[n][i];
-          if constexpr (!Score::is_linear) {
-            dscore[n][i] = score.derivative(x);
-            x = score.transform(x);
+        for (int n = 0; n < k_half_tiles; ++n) {
+          SINKMOE_ARCH_UNROLL
+          for (int i = 0; i < 4; ++i) {
+            const int key_local = warp * 16 + group + 8 * (i / 2);
+            const int query_local = h0 + n * 8 + 2 * quad_lane + (i % 2);
+            const int key = k0 + key_local, t = q0 + query_local;
+            float x = st[n][i], dscore = 1.0f;
+            if constexpr (!Score::is_linear) {
+              dscore = score.derivative(x);
+              x = score.transform(x);
+            }
+            const bool live = key_local < cols && query_local < rows &&
+                              (!partial || mask.visible(t, key));
+            const float prob =
+                live ? detail::exp2_approx(x * score_to_log2 - stats[query_local]) : 0.0f;
+            float ds = prob * (dpt[n][i] - stats[k_block_q + query_local]);
+            if constexpr (Key0Sink)
+              if (key == 0 && prob != 0.0f) ds -= stats[2 * k_block_q + query_local];
+            if constexpr (!Score::is_linear) ds *= dscore;
+            st[n][i] = prob;
+            dpt[n][i] = ds;
           }
-          const bool live = key_local < cols && query_local < rows &&
-                            (!partial || mask.visible(t, key));
-          const float prob =
-              live ? detail::exp2_approx(x * score_to_log2 - stats[query_local]) : 0.0f;
-          float ds = prob * (dpt[n][i] - stats[k_block_q + query_local]);
-          if constexpr (Key0Sink)
-            if (key == 0 && prob != 0.0f) ds -= stats[2 * k_block_q + query_local];
-          if constexpr (!Score::is_linear) ds *= dscore[n][i];
-          st[n][i] = prob;
-          dpt[n][i] = ds;
         }
-      }
 
-      // dV += P^T dO, dK += dS^T Q (both [64 queries][D] tiles, k-major).
-      detail::product_acc_by_tile<Element, HeadDim>(acc_dv, st, do_tile);
-      detail::product_acc_by_tile<Element, HeadDim>(acc_dk, dpt, q_tile);
+        // dV += P^T dO, dK += dS^T Q (rows h0 .. h0 + 31 of [64 queries][D] tiles, k-major).
+        detail::product_acc_by_tile<Element, HeadDim>(acc_dv, st, do_tile, h0);
+        detail::product_acc_by_tile<Element, HeadDim>(acc_dk, dpt, q_tile, h0);
+      }
       arch::sync_block();  // every warp is done with this stage before it is refilled
       item = item_next;
       stage ^= 1;
@@ -608,7 +623,6 @@ struct backward_dkdv_kernel {
         acc_dv, 1.0f, v_smem,
         detail::at4(p.dv, p.dv_stride, s.batch, s.k_begin + k0 + warp * 16, hk), p.dv_stride[1],
         valid_keys);
-    (void)neg_inf;
   }
 };
 
@@ -617,7 +631,7 @@ struct backward_dkdv_kernel {
 // ---------------------------------------------------------------------------------------------
 
 /// Grid (query tiles, Hq, sequences) of 128-thread blocks. Shared memory: Q and dO tiles, two
-/// stages of K and V tiles (D = 64: 52 KiB, 128: 102 KiB).
+/// stages of K and V tiles (D = 64: 54 KiB, 128: 102 KiB).
 template <class Mask, class Score, bool Key0Sink, arch::half_precision Element, int HeadDim>
 struct backward_dq_kernel {
   using geo = detail::tile_geometry<Element, HeadDim>;
@@ -724,13 +738,13 @@ struct backward_dq_kernel {
       const Element* const v_tile = v_smem + stage * geo::tile_elements;
 
       // S = Q K^T, dP = dO V^T; sc[n][i]: row group + 8 (i / 2), key 8n + 2 quad_lane + i % 2.
-      float sc[geo::s_tiles][4], dp[geo::s_tiles][4], dscore[geo::s_tiles][4];
+      float sc[geo::s_tiles][4], dp[geo::s_tiles][4];
       SINKMOE_ARCH_UNROLL
       for (int n = 0; n < geo::s_tiles; ++n)
         SINKMOE_ARCH_UNROLL
-        for (int i = 0; i < 4; ++i) sc[n][i] = dp[n][i] = dscore[n][i] = 0.0f;
-      detail::product_rows_by_rows<Element, HeadDim>(sc, q_smem, warp * 16, k_tile);
-      detail::product_rows_by_rows<Element, HeadDim>(dp, do_smem, warp * 16, v_tile);
+        for (int i = 0; i < 4; ++i) sc[n][i] = dp[n][i] = 0.0f;
+      detail::product_rows_by_rows<Element, HeadDim>(sc, q_smem, warp * 16, k_tile, 0);
+      detail::product_rows_by_rows<Element, HeadDim>(dp, do_smem, warp * 16, v_tile, 0);
 
       SINKMOE_ARCH_UNROLL
       for (int n = 0; n < geo::s_tiles; ++n) {
@@ -739,9 +753,9 @@ struct backward_dq_kernel {
           const int r = i / 2;
           const int col = n * 8 + 2 * quad_lane + (i % 2);
           const int t = q0 + warp * 16 + group + 8 * r;
-          float x = sc[n][i];
+          float x = sc[n][i], dscore = 1.0f;
           if constexpr (!Score::is_linear) {
-            dscore[n][i] = score.derivative(x);
+            dscore = score.derivative(x);
             x = score.transform(x);
           }
           const bool live = col < cols && (!partial || mask.visible(t, k0 + col));
@@ -749,13 +763,13 @@ struct backward_dq_kernel {
           float ds = prob * (dp[n][i] - term[r]);
           if constexpr (Key0Sink)
             if (k0 + col == 0 && prob != 0.0f) ds -= key0[r];
-          if constexpr (!Score::is_linear) ds *= dscore[n][i];
+          if constexpr (!Score::is_linear) ds *= dscore;
           dp[n][i] = ds;
         }
       }
 
       // dQ += dS K (K is [keys][D], k-major).
-      detail::product_acc_by_tile<Element, HeadDim>(acc_dq, dp, k_tile);
+      detail::product_acc_by_tile<Element, HeadDim>(acc_dq, dp, k_tile, 0);
       arch::sync_block();  // every warp is done with this stage before it is refilled
       k0 = k_next;
       stage ^= 1;

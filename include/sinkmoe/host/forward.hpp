@@ -163,7 +163,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
         if (k0 == 0) first_key_score[i] = s_row[0];
 
         F tile_max = math::neg_inf<F>();
-#pragma omp simd reduction(max : tile_max)
+        SINKMOE_OMP_SIMD(reduction(max : tile_max))
         for (int j = 0; j < BK; ++j) tile_max = s_row[j] > tile_max ? s_row[j] : tile_max;
         F* p_row = p_tile + i * BK;
         const F new_max = math::max(row_max[i], tile_max);
@@ -174,7 +174,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
         const F rescale = math::exp_shifted(row_max[i], new_max);
         detail::exp_row(s_row, new_max, BK, p_row);
         F tile_sum = F(0);
-#pragma omp simd reduction(+ : tile_sum)
+        SINKMOE_OMP_SIMD(reduction(+ : tile_sum))
         for (int j = 0; j < BK; ++j) tile_sum += p_row[j];
         row_sum[i] = row_sum[i] * rescale + tile_sum;
         row_max[i] = new_max;

@@ -97,7 +97,7 @@ inline void gemm_tile(const F* a, int lda, const F* b, int ldb, int k, F* c, int
         const F* b_row = b + kk * ldb + j0;
         for (int r = 0; r < k_row_block; ++r) {
           const F a_value = a[(i0 + r) * lda + kk];
-#pragma omp simd
+          SINKMOE_OMP_SIMD()
           for (int j = 0; j < k_col_block; ++j) acc[r][j] += a_value * b_row[j];
         }
       }
