@@ -1,0 +1,18 @@
+// The unfused attention path under the host emulation, sink::learned x every gate, mask and route
+// (head dim 16, bf16, chunks of 5 rows; the policy product is split by sink policy, one
+// translation unit each, to bound compile time). Checks: support/unfused_check.hpp.
+#include "support/unfused_check.hpp"
+
+namespace uc = sinkmoe::testing::unfused_check;
+namespace gate = sinkmoe::gate;
+using sink_policy = sinkmoe::sink::learned;
+
+BOOST_AUTO_TEST_SUITE(product_sink_learned)
+
+BOOST_AUTO_TEST_CASE(gate_none) { uc::run_product_masks<sink_policy, gate::none>(140000); }
+BOOST_AUTO_TEST_CASE(gate_headwise) { uc::run_product_masks<sink_policy, gate::headwise>(141000); }
+BOOST_AUTO_TEST_CASE(gate_elementwise) {
+  uc::run_product_masks<sink_policy, gate::elementwise>(142000);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
