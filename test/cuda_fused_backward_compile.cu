@@ -41,16 +41,16 @@ using vanilla_causal = attention<sink::none, gate::none, mask::causal>;
 using sink_headwise_sliding =
     attention<sink::learned, gate::headwise, mask::sliding_window, sinkmoe::route::product>;
 using fixed_elementwise_streaming = attention<sink::fixed, gate::elementwise, mask::streaming>;
-using learned_softcap =
-    attention<sink::learned, gate::none, mask::none, sinkmoe::route::deduced, sinkmoe::score::softcap>;
+using learned_softcap = attention<sink::learned, gate::none, mask::none, sinkmoe::route::deduced,
+                                  sinkmoe::score::softcap>;
 
 }  // namespace
 
 int main() {
   const bool ok =
       // attention<>::backward(exec::cuda) -> backend<exec::cuda> -> fused::cuda_backward
-      reinterpret_cast<const void*>(
-          &vanilla_causal::backward<sinkmoe::exec::cuda, arch::bf16>) != nullptr &&
+      reinterpret_cast<const void*>(&vanilla_causal::backward<sinkmoe::exec::cuda, arch::bf16>) !=
+          nullptr &&
       all_entries<sink_headwise_sliding, arch::fp16, 64>() &&
       all_entries<fixed_elementwise_streaming, arch::bf16, 128>() &&
       all_entries<learned_softcap, arch::bf16, 64>();

@@ -134,8 +134,8 @@ BOOST_AUTO_TEST_CASE(empty_tiles_are_skipped) {
     return fc::run_backward_kernels<attn, 64, bf16>(pb, ct).backward_stats.mma;
   };
   // Causal, Tq = Tk = 192: query tile i sees key tiles 0..i: 1 + 2 + 3 pairs.
-  BOOST_TEST(count(attention<sink::none, gate::none, mask::causal>{}, fc::dense(1, 192, 192, 1, 1)) ==
-             6 * per_pair);
+  BOOST_TEST(count(attention<sink::none, gate::none, mask::causal>{},
+                   fc::dense(1, 192, 192, 1, 1)) == 6 * per_pair);
   // Sliding window 64, Tq = Tk = 256: tiles i-1 and i: 1 + 2 + 2 + 2.
   BOOST_TEST(count(attention<sink::learned, gate::none, mask::sliding_window>{},
                    fc::dense(1, 256, 256, 1, 1, false, 64, 0, 0.0)) == 7 * per_pair);
@@ -174,8 +174,12 @@ struct small_problem {
   sinkmoe::forward_args<bf16> args;
   sinkmoe::backward_args<bf16> g;
   small_problem()
-      : q(k_t * k_d + 16, bf16{0}), kv(k_t * k_d, bf16{0}), out(k_t * k_d, bf16{0}),
-        dout(out.size(), bf16{0}), grads(3 * k_t * k_d + 16), lse(k_t, 0.0f) {
+      : q(k_t * k_d + 16, bf16{0}),
+        kv(k_t * k_d, bf16{0}),
+        out(k_t * k_d, bf16{0}),
+        dout(out.size(), bf16{0}),
+        grads(3 * k_t * k_d + 16),
+        lse(k_t, 0.0f) {
     for (auto& x : grads) x = arch::from_bits<bf16>(0x1234);
     args.q = {q.data(), {1, k_t, 1, k_d}};
     args.k = {kv.data(), {1, k_t, 1, k_d}};

@@ -270,8 +270,8 @@ void run_backward_product_shapes(unsigned seed) {
   using attn = attention<Sink, Gate, Mask, Route>;
   double worst = 0.0;
   for (const case_spec& s : product_shapes(seed))
-    worst = std::max(worst, run_backward_case<attn, 64, arch::bf16>(
-                                s, describe<attn, 64, arch::bf16>(s)));
+    worst = std::max(worst,
+                     run_backward_case<attn, 64, arch::bf16>(s, describe<attn, 64, arch::bf16>(s)));
   BOOST_TEST_MESSAGE("backward " << Sink::name << "/" << Gate::name << "/" << Mask::name << "/"
                                  << Route::name
                                  << ": worst err_kernel / (2 err_naive + atol) = " << worst);

@@ -24,8 +24,8 @@ sinkmoe::arch::emulation_stats emulated_fused_backward(const forward_args<Elemen
                                                        const backward_args<Element>& grads) {
   namespace arch = sinkmoe::arch;
   const problem_shape shape = Attn::validate(args, grads);
-  detail::require(shape.head_dim == HeadDim, "emulated_fused_backward: head_dim = ",
-                  shape.head_dim, ", but the kernels were instantiated for ", HeadDim);
+  detail::require(shape.head_dim == HeadDim, "emulated_fused_backward: head_dim = ", shape.head_dim,
+                  ", but the kernels were instantiated for ", HeadDim);
   using kernels = fused::backward_kernels<Attn, Element, HeadDim>;
   const int max_tq = fused::max_query_rows(shape, args.varlen);
   const int max_tk = fused::max_key_rows(shape, args.varlen);
@@ -35,8 +35,8 @@ sinkmoe::arch::emulation_stats emulated_fused_backward(const forward_args<Elemen
   void* workspace = storage.data();
   std::size_t space = storage.size();
   workspace = std::align(256, layout.total_bytes, workspace, space);
-  const fused::backward_params<Element> params = fused::make_backward_params<Attn>(
-      args, grads, shape, max_tq, workspace, layout.total_bytes);
+  const fused::backward_params<Element> params =
+      fused::make_backward_params<Attn>(args, grads, shape, max_tq, workspace, layout.total_bytes);
   const fused::backward_launch_geometry g =
       fused::backward_geometry<kernels, Attn>(shape, max_tq, max_tk);
 

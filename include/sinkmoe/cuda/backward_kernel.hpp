@@ -115,19 +115,6 @@ struct backward_params {
 
 namespace detail {
 
-/// Where sequence seq of a launch sits: its batch index, first rows and lengths.
-struct sequence_rows {
-  int batch, q_begin, tq, k_begin, tk;
-};
-
-template <class Params>
-SINKMOE_HD inline sequence_rows sequence_of(const Params& p, int seq) {
-  if (p.cu_seqlens_q == nullptr) return {seq, 0, p.shape.tq, 0, p.shape.tk};
-  const int q_begin = p.cu_seqlens_q[seq], k_begin = p.cu_seqlens_k[seq];
-  return {0, q_begin, p.cu_seqlens_q[seq + 1] - q_begin, k_begin,
-          p.cu_seqlens_k[seq + 1] - k_begin};
-}
-
 /// Element of a [B, T, H, D] tensor at (b, row, h, c).
 template <class T>
 SINKMOE_HD inline T* at4(T* base, const index_t (&stride)[3], index_t b, index_t row, index_t h,
@@ -278,10 +265,9 @@ struct backward_preprocess_kernel {
 
       // Gate backward on the slices: dO (ungated) into the workspace, dz into dgate_logits.
       if constexpr (gate_type::enabled) {
-        Element* grad_row = p.grad_attn + ((static_cast<index_t>(s.batch) * p.shape.tq + row) *
-                                               p.shape.q_heads +
-                                           h) *
-                                              HeadDim;
+        Element* grad_row =
+            p.grad_attn +
+            ((static_cast<index_t>(s.batch) * p.shape.tq + row) * p.shape.q_heads + h) * HeadDim;
         Element* dz_row = detail::at4(p.dgate_logits, p.dgate_stride, s.batch, row, h);
         float dz_sum = 0.0f;
         SINKMOE_ARCH_UNROLL
@@ -289,7 +275,8 @@ struct backward_preprocess_kernel {
           const int c = 64 * j + 2 * lane;
           float d_attn[2], dz[2] = {0.0f, 0.0f};
           gate_type::backward_row(dy[j], y[j], d_attn, 2, z[j], gbar_gate * gbar_per_slice, dz);
-          *reinterpret_cast<std::uint32_t*>(grad_row + c) = arch::pack2<Element>(d_attn[0], d_attn[1]);
+          *reinterpret_cast<std::uint32_t*>(grad_row + c) =
+              arch::pack2<Element>(d_attn[0], d_attn[1]);
           if constexpr (k_gate_dim == HeadDim)
             *reinterpret_cast<std::uint32_t*>(dz_row + c) = arch::pack2<Element>(dz[0], dz[1]);
           else
@@ -344,21 +331,6 @@ struct tile_geometry {
   static constexpr int o_tiles = HeadDim / 8;   ///< n-tiles of a D-wide accumulator
 };
 
-/// cp.async of rows [first_row, first_row + 64) of one head of a [B, T, H, D] tensor (base at
-/// (batch, 0, head, 0)) into a padded shared tile; rows from valid_rows on are zero-filled.
-template <class Element, int HeadDim>
-SINKMOE_DEVICE inline void load_tile(Element* dst, const Element* base, index_t row_stride,
-                                     int first_row, int valid_rows, const Element* any_aligned) {
-  using geo = tile_geometry<Element, HeadDim>;
-  for (int i = arch::thread_rank(); i < 64 * geo::chunks_per_row; i += k_threads) {
-    const int r = i / geo::chunks_per_row, c = i % geo::chunks_per_row;
-    const bool valid = r < valid_rows;
-    const Element* src =
-        valid ? base + static_cast<index_t>(first_row + r) * row_stride + c * 8 : any_aligned;
-    arch::cp_async_zfill(dst + r * geo::row_stride + c * 8, src, valid);
-  }
-}
-
 /// acc[16 x 8 NTiles] += A[16 rows of a_tile from a_row0] . B^T where B is rows b_row0 ..
 /// b_row0 + 8 NTiles of a [64][D] shared tile (its rows are the output columns): S = Q K^T,
 /// S^T = K Q^T, dP = dO V^T, dP^T = V dO^T.
@@ -371,12 +343,13 @@ SINKMOE_DEVICE inline void product_rows_by_rows(float (&acc)[NTiles][4], const E
   SINKMOE_ARCH_UNROLL
   for (int kk = 0; kk < geo::d_steps; ++kk) {
     std::uint32_t a[4];
-    arch::ldmatrix_x4(a, a_tile + (a_row0 + lane % 16) * geo::row_stride + kk * 16 + (lane / 16) * 8);
+    arch::ldmatrix_x4(a,
+                      a_tile + (a_row0 + lane % 16) * geo::row_stride + kk * 16 + (lane / 16) * 8);
     SINKMOE_ARCH_UNROLL
     for (int np = 0; np < NTiles / 2; ++np) {
       std::uint32_t b[4];
-      arch::ldmatrix_x4(b, b_tile + (b_row0 + np * 16 + lane % 8 + (lane / 16) * 8) *
-                                        geo::row_stride +
+      arch::ldmatrix_x4(b, b_tile +
+                               (b_row0 + np * 16 + lane % 8 + (lane / 16) * 8) * geo::row_stride +
                                kk * 16 + ((lane / 8) % 2) * 8);
       const std::uint32_t b_lo[2] = {b[0], b[1]};
       const std::uint32_t b_hi[2] = {b[2], b[3]};
@@ -488,7 +461,7 @@ struct backward_dkdv_kernel {
 
     Element* const k_smem = arch::dynamic_smem<Element>();
     Element* const v_smem = k_smem + geo::tile_elements;
-    Element* const q_smem = v_smem + geo::tile_elements;     // [2] stages
+    Element* const q_smem = v_smem + geo::tile_elements;       // [2] stages
     Element* const do_smem = q_smem + 2 * geo::tile_elements;  // [2] stages
     float* const stat_smem = reinterpret_cast<float*>(do_smem + 2 * geo::tile_elements);
 
@@ -507,13 +480,12 @@ struct backward_dkdv_kernel {
       const int h = hk * group_size + item / q_tiles;
       const int q0 = (item % q_tiles) * k_block_q;
       const int rows = math::min(k_block_q, s.tq - q0);
-      detail::load_tile<Element, HeadDim>(
-          q_smem + stage * geo::tile_elements, detail::at4(p.q, p.q_stride, s.batch, 0, h),
-          p.q_stride[1], s.q_begin + q0, rows, p.q);
-      detail::load_tile<Element, HeadDim>(
-          do_smem + stage * geo::tile_elements,
-          detail::at4(p.d_attn, p.d_attn_stride, s.batch, 0, h), p.d_attn_stride[1],
-          s.q_begin + q0, rows, p.d_attn);
+      detail::load_tile<Element, HeadDim>(q_smem + stage * geo::tile_elements,
+                                          detail::at4(p.q, p.q_stride, s.batch, 0, h),
+                                          p.q_stride[1], s.q_begin + q0, rows, p.q);
+      detail::load_tile<Element, HeadDim>(do_smem + stage * geo::tile_elements,
+                                          detail::at4(p.d_attn, p.d_attn_stride, s.batch, 0, h),
+                                          p.d_attn_stride[1], s.q_begin + q0, rows, p.d_attn);
       float* const stats = stat_smem + stage * k_stat_floats;
       for (int r = rank; r < k_block_q; r += k_threads) {
         float lse_log2 = -neg_inf, term = 0.0f, key0 = 0.0f;
@@ -522,7 +494,8 @@ struct backward_dkdv_kernel {
           const float lse = *detail::at3(p.lse, p.lse_stride, s.batch, h, row);
           if (math::is_finite(lse)) lse_log2 = lse * k_log2e;
           term = *detail::at3(p.row_term, p.row_stat_stride, s.batch, h, row);
-          if constexpr (Key0Sink) key0 = *detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row);
+          if constexpr (Key0Sink)
+            key0 = *detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row);
         }
         stats[r] = lse_log2;
         stats[k_block_q + r] = term;
@@ -542,9 +515,8 @@ struct backward_dkdv_kernel {
 
     float acc_dk[geo::o_tiles][4], acc_dv[geo::o_tiles][4];
     SINKMOE_ARCH_UNROLL
-    for (int n = 0; n < geo::o_tiles; ++n)
-      SINKMOE_ARCH_UNROLL
-      for (int i = 0; i < 4; ++i) acc_dk[n][i] = acc_dv[n][i] = 0.0f;
+    for (int n = 0; n < geo::o_tiles; ++n) SINKMOE_ARCH_UNROLL
+    for (int i = 0; i < 4; ++i) acc_dk[n][i] = acc_dv[n][i] = 0.0f;
 
     int stage = 0;
     while (item < items) {
@@ -570,9 +542,8 @@ struct backward_dkdv_kernel {
         // st[n][i]: key warp*16 + group + 8 (i / 2), query h0 + 8n + 2 quad_lane + i % 2.
         float st[k_half_tiles][4], dpt[k_half_tiles][4];
         SINKMOE_ARCH_UNROLL
-        for (int n = 0; n < k_half_tiles; ++n)
-          SINKMOE_ARCH_UNROLL
-          for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.0f;
+        for (int n = 0; n < k_half_tiles; ++n) SINKMOE_ARCH_UNROLL
+        for (int i = 0; i < 4; ++i) st[n][i] = dpt[n][i] = 0.0f;
         detail::product_rows_by_rows<Element, HeadDim>(st, k_smem, warp * 16, q_tile, h0);
         detail::product_rows_by_rows<Element, HeadDim>(dpt, v_smem, warp * 16, do_tile, h0);
 
@@ -589,8 +560,8 @@ struct backward_dkdv_kernel {
               dscore = score.derivative(x);
               x = score.transform(x);
             }
-            const bool live = key_local < cols && query_local < rows &&
-                              (!partial || mask.visible(t, key));
+            const bool live =
+                key_local < cols && query_local < rows && (!partial || mask.visible(t, key));
             const float prob =
                 live ? detail::exp2_approx(x * score_to_log2 - stats[query_local]) : 0.0f;
             float ds = prob * (dpt[n][i] - stats[k_block_q + query_local]);
@@ -706,7 +677,8 @@ struct backward_dq_kernel {
         const float lse = *detail::at3(p.lse, p.lse_stride, s.batch, h, row);
         if (math::is_finite(lse)) lse_log2[r] = lse * k_log2e;
         term[r] = *detail::at3(p.row_term, p.row_stat_stride, s.batch, h, row);
-        if constexpr (Key0Sink) key0[r] = *detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row);
+        if constexpr (Key0Sink)
+          key0[r] = *detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row);
       }
     }
 
@@ -740,9 +712,8 @@ struct backward_dq_kernel {
       // S = Q K^T, dP = dO V^T; sc[n][i]: row group + 8 (i / 2), key 8n + 2 quad_lane + i % 2.
       float sc[geo::s_tiles][4], dp[geo::s_tiles][4];
       SINKMOE_ARCH_UNROLL
-      for (int n = 0; n < geo::s_tiles; ++n)
-        SINKMOE_ARCH_UNROLL
-        for (int i = 0; i < 4; ++i) sc[n][i] = dp[n][i] = 0.0f;
+      for (int n = 0; n < geo::s_tiles; ++n) SINKMOE_ARCH_UNROLL
+      for (int i = 0; i < 4; ++i) sc[n][i] = dp[n][i] = 0.0f;
       detail::product_rows_by_rows<Element, HeadDim>(sc, q_smem, warp * 16, k_tile, 0);
       detail::product_rows_by_rows<Element, HeadDim>(dp, do_smem, warp * 16, v_tile, 0);
 
@@ -856,8 +827,8 @@ backward_workspace_layout backward_workspace(const problem_shape& shape, int max
   }
   if constexpr (Attn::sink_type::trainable) {
     w.dsink_partial = at;
-    w.dsink_partial_bytes = static_cast<std::size_t>(shape.q_heads) * shape.num_seqs * w.q_tiles *
-                            sizeof(float);
+    w.dsink_partial_bytes =
+        static_cast<std::size_t>(shape.q_heads) * shape.num_seqs * w.q_tiles * sizeof(float);
     at += align(w.dsink_partial_bytes);
   }
   w.total_bytes = at;
@@ -881,13 +852,13 @@ backward_params<Element> make_backward_params(const forward_args<Element>& a,
   detail::require_rows_16_byte_aligned("backward_args.dk", g.dk);
   detail::require_rows_16_byte_aligned("backward_args.dv", g.dv);
   const backward_workspace_layout w = backward_workspace<Attn, Element>(shape, max_tq);
-  sinkmoe::detail::require(workspace_bytes >= w.total_bytes, "backward workspace: ",
-                           workspace_bytes, " bytes given, ", w.total_bytes, " needed");
-  sinkmoe::detail::require(w.total_bytes == 0 || (workspace != nullptr &&
-                                                  reinterpret_cast<std::uintptr_t>(workspace) %
-                                                          256 ==
-                                                      0),
-                           "backward workspace: must be non-null and 256-byte aligned");
+  sinkmoe::detail::require(workspace_bytes >= w.total_bytes,
+                           "backward workspace: ", workspace_bytes, " bytes given, ", w.total_bytes,
+                           " needed");
+  sinkmoe::detail::require(
+      w.total_bytes == 0 ||
+          (workspace != nullptr && reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0),
+      "backward workspace: must be non-null and 256-byte aligned");
   auto* const base = static_cast<unsigned char*>(workspace);
 
   backward_params<Element> p{};

@@ -140,6 +140,36 @@ struct alignas(16) chunk16 {
 /// 2^x: exp2f (ex2 on the GPU); exactly 0 for -inf.
 SINKMOE_HD inline float exp2_approx(float x) { return ::exp2f(x); }
 
+/// Where sequence seq of a launch sits: its batch index, first rows and lengths (the varlen
+/// offsets when the kernel has them, FlashAttention's cu_seqlens; else sequence = batch index).
+struct sequence_rows {
+  int batch, q_begin, tq, k_begin, tk;
+};
+
+template <class Params>
+SINKMOE_HD inline sequence_rows sequence_of(const Params& p, int seq) {
+  if (p.cu_seqlens_q == nullptr) return {seq, 0, p.shape.tq, 0, p.shape.tk};
+  const int q_begin = p.cu_seqlens_q[seq], k_begin = p.cu_seqlens_k[seq];
+  return {0, q_begin, p.cu_seqlens_q[seq + 1] - q_begin, k_begin,
+          p.cu_seqlens_k[seq + 1] - k_begin};
+}
+
+/// cp.async of rows [first_row, first_row + 64) of one head of a [B, T, H, D] tensor (base at
+/// (batch, 0, head, 0)) into a shared tile with rows of HeadDim + 8 elements; rows from
+/// valid_rows on are zero-filled (past a sequence end, or the next sequence of a varlen batch).
+template <class Element, int HeadDim>
+SINKMOE_DEVICE inline void load_tile(Element* dst, const Element* base, index_t row_stride,
+                                     int first_row, int valid_rows, const Element* any_aligned) {
+  constexpr int chunks_per_row = HeadDim / 8, smem_row = HeadDim + 8;
+  for (int i = arch::thread_rank(); i < 64 * chunks_per_row; i += k_threads) {
+    const int r = i / chunks_per_row, c = i % chunks_per_row;
+    const bool valid = r < valid_rows;
+    const Element* src =
+        valid ? base + static_cast<index_t>(first_row + r) * row_stride + c * 8 : any_aligned;
+    arch::cp_async_zfill(dst + r * smem_row + c * 8, src, valid);
+  }
+}
+
 }  // namespace detail
 
 /// The fused forward kernel: Kernel{}(params) in every thread of a (query tiles, Hq, sequences)
@@ -175,21 +205,14 @@ struct forward_kernel {
     const int q_tile = static_cast<int>(arch::block_index().x);
     const int h = static_cast<int>(arch::block_index().y);
     const int seq = static_cast<int>(arch::block_index().z);
-    const int rank = arch::thread_rank();
     const int warp = arch::warp_id();
     const int lane = arch::lane_id();
     const int group = lane / 4;      // accumulator row within the warp's 16 (and +8)
     const int quad_lane = lane % 4;  // accumulator column pair within an n-tile
 
-    // The sequence this block works on (FlashAttention's cu_seqlens for varlen batches).
-    int batch = seq, q_begin = 0, k_begin = 0, tq = p.shape.tq, tk = p.shape.tk;
-    if (p.cu_seqlens_q != nullptr) {
-      batch = 0;
-      q_begin = p.cu_seqlens_q[seq];
-      tq = p.cu_seqlens_q[seq + 1] - q_begin;
-      k_begin = p.cu_seqlens_k[seq];
-      tk = p.cu_seqlens_k[seq + 1] - k_begin;
-    }
+    const detail::sequence_rows sequence = detail::sequence_of(p, seq);
+    const int batch = sequence.batch, q_begin = sequence.q_begin, k_begin = sequence.k_begin;
+    const int tq = sequence.tq, tk = sequence.tk;
     const int q0 = q_tile * k_block_q;
     if (q0 >= tq) return;  // uniform over the block: the grid covers the longest sequence
     const int rows = math::min(k_block_q, tq - q0);
@@ -205,25 +228,14 @@ struct forward_kernel {
     Element* const k_smem = q_smem + k_tile_elements;
     Element* const v_smem = k_smem + 2 * k_tile_elements;
 
-    // Issues the cp.async copies of rows [first_row, first_row + 64) of one head of a
-    // [B, T, H, D] tensor (base points at (batch, 0, head, 0)); rows from valid_rows on are
-    // zero-filled (past a sequence end, or the next sequence of a varlen batch).
-    const auto load_rows = [&](Element* dst, const Element* base, index_t row_stride, int first_row,
-                               int valid_rows, const Element* any_aligned) {
-      for (int i = rank; i < k_block_q * k_chunks_per_row; i += k_threads) {
-        const int r = i / k_chunks_per_row, c = i % k_chunks_per_row;
-        const bool valid = r < valid_rows;
-        const Element* src =
-            valid ? base + static_cast<index_t>(first_row + r) * row_stride + c * 8 : any_aligned;
-        arch::cp_async_zfill(dst + r * k_row_stride + c * 8, src, valid);
-      }
-    };
     const Element* const k_base = p.k + batch * p.k_stride[0] + hk * p.k_stride[2];
     const Element* const v_base = p.v + batch * p.v_stride[0] + hk * p.v_stride[2];
     const auto load_kv = [&](int k0, int stage) {
       const int valid = math::min(k_block_k, tk - k0);
-      load_rows(k_smem + stage * k_tile_elements, k_base, p.k_stride[1], k_begin + k0, valid, p.k);
-      load_rows(v_smem + stage * k_tile_elements, v_base, p.v_stride[1], k_begin + k0, valid, p.v);
+      detail::load_tile<Element, HeadDim>(k_smem + stage * k_tile_elements, k_base, p.k_stride[1],
+                                          k_begin + k0, valid, p.k);
+      detail::load_tile<Element, HeadDim>(v_smem + stage * k_tile_elements, v_base, p.v_stride[1],
+                                          k_begin + k0, valid, p.v);
     };
 
     // Keys any row of the tile may see: the hull of the rows' key ranges (host/forward.hpp).
@@ -246,8 +258,8 @@ struct forward_kernel {
     };
 
     // Prologue: Q (one group), then the first key tile (one group, possibly empty).
-    load_rows(q_smem, p.q + batch * p.q_stride[0] + h * p.q_stride[2], p.q_stride[1], q_begin + q0,
-              rows, p.q);
+    detail::load_tile<Element, HeadDim>(q_smem, p.q + batch * p.q_stride[0] + h * p.q_stride[2],
+                                        p.q_stride[1], q_begin + q0, rows, p.q);
     arch::cp_async_commit_group();
     int k0 = next_tile(hull_begin / k_block_k * k_block_k);
     if (k0 < hull_end) load_kv(k0, 0);

@@ -256,6 +256,32 @@ T* byte_offset(std::byte* base, std::size_t offset) {
   return reinterpret_cast<T*>(base + offset);
 }
 
+/// S = Q K^T over chunk c's keys for group member m (raw dots, fp32), batched over the kv heads:
+/// the first GEMM of both passes.
+template <class Element>
+gemm_desc score_gemm(const forward_args<Element>& a, const problem_shape& shape,
+                     const chunk_geometry& c, int m, float* scores, index_t head_block) {
+  const int group = shape.group_size(), d = shape.head_dim;
+  gemm_desc g;
+  g.m = c.rows;
+  g.n = c.key_count;
+  g.k = d;
+  g.batch = shape.kv_heads;
+  g.transpose_b = true;
+  g.a_type = g.b_type = kind_of<Element>();
+  g.d_type = element_kind::f32;
+  g.a = a.q.data + a.q.offset(c.batch, c.q0, m, 0);
+  g.lda = operand_ld(a.q.stride[1], c.rows, d);
+  g.batch_stride_a = group * a.q.stride[2];
+  g.b = a.k.data + a.k.offset(c.batch, c.key_begin, 0, 0);
+  g.ldb = operand_ld(a.k.stride[1], c.key_count, d);
+  g.batch_stride_b = a.k.stride[2];
+  g.d = scores + m * head_block;
+  g.ldd = g.ldc = c.ld;
+  g.batch_stride_d = g.batch_stride_c = group * head_block;
+  return g;
+}
+
 }  // namespace detail
 
 /// Forward of Attn through Device (file comment). `shape` comes from validate_forward;
@@ -278,23 +304,7 @@ void forward(Device& dev, const forward_args<Element>& a, const problem_shape& s
       const index_t head_block = static_cast<index_t>(c.rows) * c.ld;  // one head's scores
       // S = Q K^T over the chunk's keys, one GEMM per group member batched over the kv heads.
       for (int m = 0; m < group; ++m) {
-        gemm_desc g;
-        g.m = c.rows;
-        g.n = c.key_count;
-        g.k = d;
-        g.batch = shape.kv_heads;
-        g.transpose_b = true;
-        g.a_type = g.b_type = ek;
-        g.d_type = element_kind::f32;
-        g.a = a.q.data + a.q.offset(b, c.q0, m, 0);
-        g.lda = detail::operand_ld(a.q.stride[1], c.rows, d);
-        g.batch_stride_a = group * a.q.stride[2];
-        g.b = a.k.data + a.k.offset(b, c.key_begin, 0, 0);
-        g.ldb = detail::operand_ld(a.k.stride[1], c.key_count, d);
-        g.batch_stride_b = a.k.stride[2];
-        g.d = scores + m * head_block;
-        g.ldd = g.ldc = c.ld;
-        g.batch_stride_d = g.batch_stride_c = group * head_block;
+        const gemm_desc g = detail::score_gemm(a, shape, c, m, scores, head_block);
         detail::gemm_or_zero<Device, float>(dev, g);
       }
       const int total_rows = c.total_rows(shape.q_heads);
@@ -421,23 +431,7 @@ void backward(Device& dev, const forward_args<Element>& a, const backward_args<E
 
       for (int m = 0; m < group; ++m) {
         // S = Q K^T (raw dots), as in forward.
-        gemm_desc s;
-        s.m = c.rows;
-        s.n = c.key_count;
-        s.k = d;
-        s.batch = shape.kv_heads;
-        s.transpose_b = true;
-        s.a_type = s.b_type = ek;
-        s.d_type = element_kind::f32;
-        s.a = a.q.data + a.q.offset(b, c.q0, m, 0);
-        s.lda = detail::operand_ld(a.q.stride[1], c.rows, d);
-        s.batch_stride_a = group * a.q.stride[2];
-        s.b = a.k.data + a.k.offset(b, c.key_begin, 0, 0);
-        s.ldb = detail::operand_ld(a.k.stride[1], c.key_count, d);
-        s.batch_stride_b = a.k.stride[2];
-        s.d = scores + m * head_block;
-        s.ldd = s.ldc = c.ld;
-        s.batch_stride_d = s.batch_stride_c = group * head_block;
+        const gemm_desc s = detail::score_gemm(a, shape, c, m, scores, head_block);
         detail::gemm_or_zero<Device, float>(dev, s);
         // dP = dO V^T.
         gemm_desc p = s;
