@@ -376,10 +376,16 @@ def main(argv):
     c.add_argument("--sdpa", help="this script's JSON lines")
     sub.add_parser("selftest", help="check the FLOP counts and the table (no torch, no GPU)")
     for p in (parser, m):
-        p.add_argument("--quick", action="store_true", help="D = 128, T = 4k only")
-        p.add_argument("--runs", type=int, default=10, help="timed calls per row (median)")
-        p.add_argument("--warmup", type=int, default=3, help="untimed calls first")
-        p.add_argument("--no-gemm", action="store_true", help="skip the torch.matmul rate")
+        # The subcommand's copies have no defaults: argparse would let them overwrite options
+        # given before "measure" (e.g. "--quick measure" would run the full matrix).
+        def dflt(value, p=p):
+            return value if p is parser else argparse.SUPPRESS
+        p.add_argument("--quick", action="store_true", default=dflt(False),
+                       help="D = 128, T = 4k only")
+        p.add_argument("--runs", type=int, default=dflt(10), help="timed calls per row (median)")
+        p.add_argument("--warmup", type=int, default=dflt(3), help="untimed calls first")
+        p.add_argument("--no-gemm", action="store_true", default=dflt(False),
+                       help="skip the torch.matmul rate")
     args = parser.parse_args(argv)
     if args.command == "combine":
         return combine(args)

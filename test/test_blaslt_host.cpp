@@ -376,6 +376,15 @@ BOOST_AUTO_TEST_CASE(each_bad_field_is_named) {
       {[](matmul_desc& d) { d.epi = epilogue::bias; }, {"matmul_desc.bias is null", "40 elements"}},
       {[](matmul_desc& d) { d.epi = epilogue::bgrada; },
        {"matmul_desc.bias is null", "24 elements"}},
+      {[](matmul_desc& d) {  // n = 0: no GEMM runs, db (length m) would stay unwritten
+         d.epi = epilogue::bgrada;
+         d.bias = at(8192);
+         d.bias_type = dtype::f32;
+         d.n = 0;
+         d.ldb = 0;
+         d.ldd = 0;
+       },
+       {"matmul_desc.epi = bgrada", "24 elements", "output is empty"}},
       {[](matmul_desc& d) {
          d.epi = epilogue::bias;
          d.bias = at(8192);

@@ -80,6 +80,10 @@ void cuda_backward(const exec::cuda& ex, const forward_args<Element>& args,
   dispatch_head_dim(shape.head_dim, [&](auto head_dim) {
     using kernels = backward_kernels<Attn, Element, decltype(head_dim)::value>;
     const backward_launch_geometry g = backward_geometry<kernels, Attn>(shape, max_tq, max_tk);
+    detail::require_block_shared_memory(kernels::dkdv::smem_bytes > kernels::dq::smem_bytes
+                                            ? kernels::dkdv::smem_bytes
+                                            : kernels::dq::smem_bytes,
+                                        "the fused backward kernels");
     // A failed check below frees the owned buffer (stream-ordered) and writes nothing.
     detail::stream_buffer owned(workspace != nullptr ? 0 : layout.total_bytes, ex.stream);
     void* const space = workspace != nullptr ? workspace : owned.data;

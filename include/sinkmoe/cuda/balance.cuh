@@ -82,6 +82,9 @@ class device_balancer {
       const std::vector<std::uint8_t> shared = gpu::initial_shared_mask(reg, layers, heads);
       SINKMOE_CUDA_CHECK(
           cudaMemcpy(ws_.shared, shared.data(), shared.size(), cudaMemcpyHostToDevice));
+      // cudaMemset and a pageable cudaMemcpy may return before they land (CUDA's API sync
+      // behaviour), and a non-blocking caller stream does not wait for the default stream.
+      SINKMOE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
     } catch (...) {
       cudaFree(memory_);
       throw;

@@ -15,6 +15,7 @@
 #error "sinkmoe/cuda/forward.cuh is CUDA code: compile it with nvcc"
 #endif
 
+#include <cstddef>
 #include <cstdint>
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/error.hpp>
@@ -51,6 +52,19 @@ struct host_seqlens {
   }
 };
 
+/// Throws sinkmoe::error when a kernel's dynamic shared memory exceeds what the current device
+/// grants one block (cudaFuncSetAttribute would otherwise fail with a bare status).
+inline void require_block_shared_memory(std::size_t bytes, const char* what) {
+  int device = 0, limit = 0;
+  SINKMOE_CUDA_CHECK(cudaGetDevice(&device));
+  SINKMOE_CUDA_CHECK(
+      cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  sinkmoe::detail::require(bytes <= static_cast<std::size_t>(limit), what, " needs ", bytes,
+                           " bytes of shared memory per block; device ", device, " allows ", limit,
+                           " (sm_86 / sm_89 allow 99 KiB: use head dim 64 there, or the unfused "
+                           "path)");
+}
+
 }  // namespace detail
 
 /// Forward pass of the policy bundle Attn (an attention<...>) on the GPU: writes out, and lse /
@@ -72,6 +86,7 @@ void cuda_forward(const exec::cuda& ex, const forward_args<Element>& args) {
     const forward_params<Element> params = make_forward_params(args, shape);
     const launch_geometry geometry = forward_launch_geometry<kernel>(shape, max_tq);
     if (geometry.empty()) return;
+    detail::require_block_shared_memory(geometry.smem_bytes, "the fused forward kernel");
     SINKMOE_CUDA_CHECK(arch::launch<kernel>(geometry.grid, geometry.block, geometry.smem_bytes,
                                             ex.stream, params));
   });

@@ -230,6 +230,11 @@ inline void validate(const matmul_desc& desc) {
             "matmul_desc.bias is null: epilogue ", epilogue_name(epi), " ",
             writes_bias(epi) ? "writes" : "reads", " a bias vector of ", length, " elements; ",
             describe(desc));
+    // An empty output runs no GEMM, so a bias gradient would silently stay unwritten.
+    require(!writes_bias(epi) || length == 0 || !is_empty_output(desc),
+            "matmul_desc.epi = ", epilogue_name(epi), " writes a bias gradient of ", length,
+            " elements, but the output is empty (nothing runs, it would stay unwritten); ",
+            describe(desc));
     require(desc.bias_type == desc.d_type, "matmul_desc.bias_type = ", dtype_name(desc.bias_type),
             ": epilogue ", epilogue_name(epi), " needs bias_type == d_type (",
             dtype_name(desc.d_type), ")");
