@@ -11,6 +11,7 @@
 #include <string>
 
 #include "support/fused_backward_check.hpp"
+#include "support/test_masks.hpp"
 
 namespace fc = sinkmoe::testing::fused_check;
 namespace arch = sinkmoe::arch;
@@ -114,6 +115,20 @@ BOOST_AUTO_TEST_CASE(softcap_scores) {
         attention<sink::learned, gate::headwise, mask::causal, route::deduced, score::softcap>;
     fc::run_backward_case<vanilla, 64, bf16>(s, fc::describe<vanilla, 64, bf16>(s));
     fc::run_backward_case<sinked, 64, bf16>(s, fc::describe<sinked, 64, bf16>(s));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A mask whose interior tiles are all partial (holes below the diagonal): the per-element
+// visible() check must run on every tile of both main kernels
+// ---------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(interior_tiles_classified_partial_are_masked) {
+  using attn = attention<sink::learned, gate::headwise, sinkmoe::testing::holey_causal>;
+  for (fc::case_spec s :
+       {fc::dense(1, 130, 200, 2, 1), fc::dense(2, 65, 64, 2, 2, true, 1, 0, 0.0, 2.0)}) {
+    s.seed = 85000 + static_cast<unsigned>(s.Tq);
+    fc::run_backward_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s));
   }
 }
 
