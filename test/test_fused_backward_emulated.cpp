@@ -12,6 +12,7 @@
 
 #include "support/fused_backward_check.hpp"
 #include "support/test_masks.hpp"
+#include "support/throws_naming.hpp"
 
 namespace fc = sinkmoe::testing::fused_check;
 namespace arch = sinkmoe::arch;
@@ -26,12 +27,23 @@ using sinkmoe::attention;
 
 BOOST_AUTO_TEST_SUITE(product_sink_none)
 
-BOOST_AUTO_TEST_CASE(gate_none) { fc::run_backward_product_masks<sink::none, gate::none>(50000); }
+BOOST_AUTO_TEST_CASE(gate_none) {
+  const auto r = fc::run_backward_product_masks<sink::none, gate::none>(50000);
+  BOOST_TEST(r.combinations == 4);  // every mask, route sink_mass
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
 BOOST_AUTO_TEST_CASE(gate_headwise) {
-  fc::run_backward_product_masks<sink::none, gate::headwise>(51000);
+  const auto r = fc::run_backward_product_masks<sink::none, gate::headwise>(51000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
 }
 BOOST_AUTO_TEST_CASE(gate_elementwise) {
-  fc::run_backward_product_masks<sink::none, gate::elementwise>(52000);
+  const auto r = fc::run_backward_product_masks<sink::none, gate::elementwise>(52000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -165,21 +177,7 @@ BOOST_AUTO_TEST_CASE(empty_tiles_are_skipped) {
 
 namespace {
 
-template <class F>
-bool throws_naming(F&& f, std::initializer_list<const char*> parts) {
-  try {
-    f();
-  } catch (const sinkmoe::error& e) {
-    const std::string what = e.what();
-    for (const char* part : parts)
-      if (what.find(part) == std::string::npos) {
-        BOOST_TEST_MESSAGE("message lacks '" << part << "': " << what);
-        return false;
-      }
-    return true;
-  }
-  return false;
-}
+using sinkmoe::testing::throws_naming;
 
 /// A valid small bf16 problem (B 1, T 8, Hq = Hkv = 1, D 64) with its gradients.
 struct small_problem {

@@ -11,6 +11,7 @@
 
 #include "support/fused_forward_check.hpp"
 #include "support/test_masks.hpp"
+#include "support/throws_naming.hpp"
 
 namespace fc = sinkmoe::testing::fused_check;
 namespace arch = sinkmoe::arch;
@@ -29,10 +30,23 @@ using sinkmoe::attention;
 
 BOOST_AUTO_TEST_SUITE(product_sink_none)
 
-BOOST_AUTO_TEST_CASE(gate_none) { fc::run_product_masks<sink::none, gate::none>(10000); }
-BOOST_AUTO_TEST_CASE(gate_headwise) { fc::run_product_masks<sink::none, gate::headwise>(11000); }
+BOOST_AUTO_TEST_CASE(gate_none) {
+  const auto r = fc::run_product_masks<sink::none, gate::none>(10000);
+  BOOST_TEST(r.combinations == 4);  // every mask, route sink_mass
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
+BOOST_AUTO_TEST_CASE(gate_headwise) {
+  const auto r = fc::run_product_masks<sink::none, gate::headwise>(11000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
 BOOST_AUTO_TEST_CASE(gate_elementwise) {
-  fc::run_product_masks<sink::none, gate::elementwise>(12000);
+  const auto r = fc::run_product_masks<sink::none, gate::elementwise>(12000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -193,22 +207,7 @@ BOOST_AUTO_TEST_SUITE_END()
 
 namespace {
 
-/// Whether calling f throws sinkmoe::error whose message contains every one of `parts`.
-template <class F>
-bool throws_naming(F&& f, std::initializer_list<const char*> parts) {
-  try {
-    f();
-  } catch (const sinkmoe::error& e) {
-    const std::string what = e.what();
-    for (const char* part : parts)
-      if (what.find(part) == std::string::npos) {
-        BOOST_TEST_MESSAGE("message lacks '" << part << "': " << what);
-        return false;
-      }
-    return true;
-  }
-  return false;
-}
+using sinkmoe::testing::throws_naming;
 
 /// A valid small bf16 problem (B 1, T 8, Hq = Hkv = 1, D 64) over caller-owned buffers.
 struct small_problem {

@@ -9,10 +9,23 @@ using sink_policy = sinkmoe::sink::fixed;
 
 BOOST_AUTO_TEST_SUITE(product_sink_fixed)
 
-BOOST_AUTO_TEST_CASE(gate_none) { fc::run_product_masks<sink_policy, gate::none>(30000); }
-BOOST_AUTO_TEST_CASE(gate_headwise) { fc::run_product_masks<sink_policy, gate::headwise>(31000); }
+BOOST_AUTO_TEST_CASE(gate_none) {
+  const auto r = fc::run_product_masks<sink_policy, gate::none>(30000);
+  BOOST_TEST(r.combinations == 4);  // every mask, route sink_mass
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
+BOOST_AUTO_TEST_CASE(gate_headwise) {
+  const auto r = fc::run_product_masks<sink_policy, gate::headwise>(31000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
 BOOST_AUTO_TEST_CASE(gate_elementwise) {
-  fc::run_product_masks<sink_policy, gate::elementwise>(32000);
+  const auto r = fc::run_product_masks<sink_policy, gate::elementwise>(32000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(fc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

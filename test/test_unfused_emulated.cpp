@@ -27,10 +27,23 @@ using sinkmoe::attention;
 
 BOOST_AUTO_TEST_SUITE(product_sink_none)
 
-BOOST_AUTO_TEST_CASE(gate_none) { uc::run_product_masks<sink::none, gate::none>(110000); }
-BOOST_AUTO_TEST_CASE(gate_headwise) { uc::run_product_masks<sink::none, gate::headwise>(111000); }
+BOOST_AUTO_TEST_CASE(gate_none) {
+  const auto r = uc::run_product_masks<sink::none, gate::none>(110000);
+  BOOST_TEST(r.combinations == 4);  // every mask, route sink_mass
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(uc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
+BOOST_AUTO_TEST_CASE(gate_headwise) {
+  const auto r = uc::run_product_masks<sink::none, gate::headwise>(111000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(uc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
 BOOST_AUTO_TEST_CASE(gate_elementwise) {
-  uc::run_product_masks<sink::none, gate::elementwise>(112000);
+  const auto r = uc::run_product_masks<sink::none, gate::elementwise>(112000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(uc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

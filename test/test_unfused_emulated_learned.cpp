@@ -9,10 +9,23 @@ using sink_policy = sinkmoe::sink::learned;
 
 BOOST_AUTO_TEST_SUITE(product_sink_learned)
 
-BOOST_AUTO_TEST_CASE(gate_none) { uc::run_product_masks<sink_policy, gate::none>(140000); }
-BOOST_AUTO_TEST_CASE(gate_headwise) { uc::run_product_masks<sink_policy, gate::headwise>(141000); }
+BOOST_AUTO_TEST_CASE(gate_none) {
+  const auto r = uc::run_product_masks<sink_policy, gate::none>(140000);
+  BOOST_TEST(r.combinations == 4);  // every mask, route sink_mass
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(uc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
+BOOST_AUTO_TEST_CASE(gate_headwise) {
+  const auto r = uc::run_product_masks<sink_policy, gate::headwise>(141000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(uc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
+}
 BOOST_AUTO_TEST_CASE(gate_elementwise) {
-  uc::run_product_masks<sink_policy, gate::elementwise>(142000);
+  const auto r = uc::run_product_masks<sink_policy, gate::elementwise>(142000);
+  BOOST_TEST(r.combinations == 12);  // every mask x routes output_gate, sink_mass, product
+  BOOST_TEST(r.cases == r.combinations * static_cast<int>(uc::product_shapes(0).size()));
+  BOOST_TEST(r.worst_ratio <= 1.0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

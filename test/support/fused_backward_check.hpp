@@ -316,36 +316,27 @@ double run_backward_case(const case_spec& spec, const std::string& label) {
 
 /// Every product shape for one policy combination at HeadDim 64, bf16.
 template <class Sink, class Gate, class Mask, class Route>
-void run_backward_product_shapes(unsigned seed) {
+product_summary run_backward_product_shapes(unsigned seed) {
   using attn = attention<Sink, Gate, Mask, Route>;
-  double worst = 0.0;
-  for (const case_spec& s : product_shapes(seed))
-    worst = std::max(worst,
-                     run_backward_case<attn, 64, arch::bf16>(s, describe<attn, 64, arch::bf16>(s)));
-  BOOST_TEST_MESSAGE("backward " << Sink::name << "/" << Gate::name << "/" << Mask::name << "/"
-                                 << Route::name
-                                 << ": worst err_kernel / (2 err_naive + atol) = " << worst);
-}
-
-/// Every valid route (see run_product_routes).
-template <class Sink, class Gate, class Mask>
-void run_backward_product_routes(unsigned seed) {
-  if constexpr (Gate::enabled) {
-    run_backward_product_shapes<Sink, Gate, Mask, route::output_gate>(seed);
-    run_backward_product_shapes<Sink, Gate, Mask, route::sink_mass>(seed + 100);
-    run_backward_product_shapes<Sink, Gate, Mask, route::product>(seed + 200);
-  } else {
-    run_backward_product_shapes<Sink, Gate, Mask, route::sink_mass>(seed);
+  product_summary r{1, 0, 0.0};
+  for (const case_spec& s : product_shapes(seed)) {
+    r.worst_ratio = std::max(r.worst_ratio, run_backward_case<attn, 64, arch::bf16>(
+                                                s, describe<attn, 64, arch::bf16>(s)));
+    ++r.cases;
   }
+  BOOST_TEST_MESSAGE("backward " << Sink::name << "/" << Gate::name << "/" << Mask::name << "/"
+                                 << Route::name << ": worst err_kernel / (2 err_naive + atol) = "
+                                 << r.worst_ratio);
+  return r;
 }
 
-/// Every mask and route for one sink and gate policy.
+/// The backward kernels on every mask and route for one sink and gate policy.
 template <class Sink, class Gate>
-void run_backward_product_masks(unsigned seed) {
-  run_backward_product_routes<Sink, Gate, mask::none>(seed);
-  run_backward_product_routes<Sink, Gate, mask::causal>(seed + 1000);
-  run_backward_product_routes<Sink, Gate, mask::sliding_window>(seed + 2000);
-  run_backward_product_routes<Sink, Gate, mask::streaming>(seed + 3000);
+product_summary run_backward_product_masks(unsigned seed) {
+  return for_each_mask_and_route<Sink, Gate>(seed,
+                                             []<class S, class G, class M, class R>(unsigned s) {
+                                               return run_backward_product_shapes<S, G, M, R>(s);
+                                             });
 }
 
 }  // namespace sinkmoe::testing::fused_check

@@ -410,34 +410,28 @@ inline std::vector<fc::case_spec> product_shapes(unsigned seed) {
 inline constexpr int k_product_head_dim = 16;
 inline constexpr int k_product_chunk_rows = 5;
 
+/// Every product shape for one policy combination (head dim 16, bf16, chunks of 5 rows).
 template <class Sink, class Gate, class Mask, class Route>
-void run_product_shapes(unsigned seed) {
+fc::product_summary run_product_shapes(unsigned seed) {
   using attn = attention<Sink, Gate, Mask, Route>;
-  double worst = 0.0;
-  for (const fc::case_spec& s : product_shapes(seed))
-    worst =
-        std::max(worst, run_case<attn, arch::bf16>(s, k_product_head_dim, k_product_chunk_rows));
-  BOOST_TEST_MESSAGE(Sink::name << "/" << Gate::name << "/" << Mask::name << "/" << Route::name
-                                << ": worst err / (2 err_naive + atol) = " << worst);
-}
-
-template <class Sink, class Gate, class Mask>
-void run_product_routes(unsigned seed) {
-  if constexpr (Gate::enabled) {
-    run_product_shapes<Sink, Gate, Mask, route::output_gate>(seed);
-    run_product_shapes<Sink, Gate, Mask, route::sink_mass>(seed + 100);
-    run_product_shapes<Sink, Gate, Mask, route::product>(seed + 200);
-  } else {
-    run_product_shapes<Sink, Gate, Mask, route::sink_mass>(seed);
+  fc::product_summary r{1, 0, 0.0};
+  for (const fc::case_spec& s : product_shapes(seed)) {
+    r.worst_ratio = std::max(
+        r.worst_ratio, run_case<attn, arch::bf16>(s, k_product_head_dim, k_product_chunk_rows));
+    ++r.cases;
   }
+  BOOST_TEST_MESSAGE(Sink::name << "/" << Gate::name << "/" << Mask::name << "/" << Route::name
+                                << ": worst err / (2 err_naive + atol) = " << r.worst_ratio);
+  return r;
 }
 
+/// The unfused path on every mask and route for one sink and gate policy.
 template <class Sink, class Gate>
-void run_product_masks(unsigned seed) {
-  run_product_routes<Sink, Gate, mask::none>(seed);
-  run_product_routes<Sink, Gate, mask::causal>(seed + 1000);
-  run_product_routes<Sink, Gate, mask::sliding_window>(seed + 2000);
-  run_product_routes<Sink, Gate, mask::streaming>(seed + 3000);
+fc::product_summary run_product_masks(unsigned seed) {
+  return fc::for_each_mask_and_route<Sink, Gate>(
+      seed, []<class S, class G, class M, class R>(unsigned s) {
+        return run_product_shapes<S, G, M, R>(s);
+      });
 }
 
 }  // namespace sinkmoe::testing::unfused_check
