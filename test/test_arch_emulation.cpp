@@ -182,10 +182,10 @@ struct barrier_rounds_kernel {
     const int block = static_cast<int>(arch::grid_dim().linear(arch::block_index()));
     int bad = 0;
     for (int round = 0; round < rounds; ++round) {
-      slots[rank] = round * 100000 + block * 1000 + rank;
+      arch::store_shared(slots + rank, round * 100000 + block * 1000 + rank);
       arch::sync_block();
       for (int other = 0; other < n; ++other) {
-        bad += slots[other] != round * 100000 + block * 1000 + other;
+        bad += arch::load_shared(slots + other) != round * 100000 + block * 1000 + other;
       }
       arch::sync_block();
     }
@@ -193,16 +193,17 @@ struct barrier_rounds_kernel {
   }
 };
 
-/// Same as barrier_rounds_kernel without the first barrier: must see mismatches.
-struct missing_barrier_kernel {
-  void operator()(int* mismatches) const {
+/// Every thread writes its slot and reads the slot of the thread `distance` ranks on, with the
+/// barrier between them only when `with_barrier`.
+struct neighbour_read_kernel {
+  void operator()(bool with_barrier, int distance, int* out) const {
     int* slots = arch::dynamic_smem<int>();
     const int rank = arch::thread_rank();
-    slots[rank] = rank;
-    int bad = 0;
-    for (int other = 0; other < 64; ++other) bad += slots[other] != other;
+    const int n = static_cast<int>(arch::block_dim().volume());
+    arch::store_shared(slots + rank, rank);
+    if (with_barrier) arch::sync_block();
+    out[rank] = arch::load_shared(slots + (rank + distance) % n);
     arch::sync_block();
-    mismatches[rank] = bad;
   }
 };
 
@@ -212,10 +213,10 @@ struct early_return_kernel {
     const int rank = arch::thread_rank();
     if (rank >= live) return;
     int* slots = arch::dynamic_smem<int>();
-    slots[rank] = rank + 1;
+    arch::store_shared(slots + rank, rank + 1);
     arch::sync_block();
     int sum = 0;
-    for (int i = 0; i < live; ++i) sum += slots[i];
+    for (int i = 0; i < live; ++i) sum += arch::load_shared(slots + i);
     arch::sync_block();
     out[rank] = sum;
   }
@@ -228,9 +229,9 @@ struct warp_barrier_kernel {
     const int rank = arch::thread_rank(), lane = arch::lane_id();
     const int base = arch::warp_id() * 32;
     for (int round = 0; round < 3; ++round) {
-      slots[rank] = 10 * rank + round;
+      arch::store_shared(slots + rank, 10 * rank + round);
       arch::sync_warp();
-      out[3 * rank + round] = slots[base + (lane + 1) % 32];
+      out[3 * rank + round] = arch::load_shared(slots + base + (lane + 1) % 32);
       arch::sync_warp();
     }
   }
@@ -279,12 +280,10 @@ BOOST_AUTO_TEST_CASE(block_barrier_orders_shared_memory) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(missing_barrier_is_visible) {
-  // Threads run one at a time between barriers, so thread 0 reads 63 slots nobody wrote yet.
-  std::vector<int> mismatches(64, -1);
-  arch::emulated_launch(1, 64, 64 * sizeof(int), missing_barrier_kernel{}, mismatches.data());
-  BOOST_TEST(mismatches[0] == 63);
-  BOOST_TEST(mismatches[63] == 0);
+BOOST_AUTO_TEST_CASE(neighbour_reads_after_a_barrier) {
+  std::vector<int> out(128, -1);
+  arch::emulated_launch(1, 128, 128 * sizeof(int), neighbour_read_kernel{}, true, 37, out.data());
+  for (int rank = 0; rank < 128; ++rank) BOOST_TEST(out[rank] == (rank + 37) % 128);
 }
 
 BOOST_AUTO_TEST_CASE(barriers_count_live_threads) {
@@ -466,7 +465,7 @@ struct ldmatrix_kernel {
                   std::uint32_t* out) const {
     auto* tile = arch::dynamic_smem<std::uint16_t>();
     const int lane = arch::lane_id();
-    for (int i = lane; i < k_tile_rows * k_tile_cols; i += 32) tile[i] = ids[i];
+    for (int i = lane; i < k_tile_rows * k_tile_cols; i += 32) arch::store_shared(tile + i, ids[i]);
     arch::sync_warp();
     const std::uint16_t* row = tile + row_of[lane] * k_tile_cols + 8 * col_of[lane];
     std::uint32_t r1[1], r2[2], r4[4];
@@ -603,10 +602,10 @@ struct mma_ldmatrix_kernel {
     T* b_nk_tile = smem + 256;        // 8 x 16
     T* b_kn_tile = smem + 256 + 128;  // 16 x 8
     const int lane = arch::lane_id();
-    for (int i = lane; i < 256; i += 32) a_tile[i] = a[i];
+    for (int i = lane; i < 256; i += 32) arch::store_shared(a_tile + i, a[i]);
     for (int i = lane; i < 128; i += 32) {
-      b_nk_tile[i] = b_nk[i];
-      b_kn_tile[i] = b_kn[i];
+      arch::store_shared(b_nk_tile + i, b_nk[i]);
+      arch::store_shared(b_kn_tile + i, b_kn[i]);
     }
     arch::sync_warp();
     std::uint32_t a_frag[4], b_frag[2], bt_frag[2];
@@ -706,6 +705,8 @@ struct cp_async_kernel {
   void operator()(const int* src, int* out) const {
     int* smem = arch::dynamic_smem<int>();
     const int lane = arch::lane_id();
+    // Plain reads on purpose: they bypass the in-flight check (which would reject steps 0 and
+    // 2) to show when the emulated copies land.
     const auto record = [&](int step, const int* slot) {
       for (int e = 0; e < 4; ++e) out[(step * 32 + lane) * 4 + e] = slot[e];
     };
@@ -749,6 +750,8 @@ BOOST_AUTO_TEST_CASE(copies_land_at_their_wait) {
 }
 
 BOOST_AUTO_TEST_CASE(shared_memory_starts_as_nan) {
+  // Plain reads (load_shared rejects reads of bytes nobody wrote): the fill is what a kernel
+  // that bypasses the layer would see.
   struct read_fill {
     void operator()(float* out) const {
       out[arch::thread_rank()] = arch::dynamic_smem<float>()[arch::thread_rank()];
@@ -957,6 +960,317 @@ BOOST_AUTO_TEST_CASE(kernel_exception_propagates_and_other_threads_unwind) {
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
+// The sanitizer: races, cp.async visibility, uninitialised reads, global checks, schedules,
+// mutations (detail/memory_checks.hpp)
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+/// Warp 1 reads what warp 0 wrote, with a sync_block between them or not.
+struct cross_warp_kernel {
+  void operator()(bool with_barrier, int* out) const {
+    int* slots = arch::dynamic_smem<int>();
+    const int rank = arch::thread_rank();
+    if (arch::warp_id() == 0) arch::store_shared(slots + rank, 7 * rank);
+    if (with_barrier) arch::sync_block();
+    if (arch::warp_id() == 1) out[rank] = arch::load_shared(slots + rank - 32);
+    arch::sync_block();
+  }
+};
+
+/// Lane l reads lane l - 1's slot, with a sync_warp between them or not.
+struct lane_neighbour_kernel {
+  void operator()(bool with_sync, int* out) const {
+    int* slots = arch::dynamic_smem<int>();
+    const int lane = arch::lane_id();
+    arch::store_shared(slots + lane, lane);
+    if (with_sync) arch::sync_warp();
+    out[lane] = lane == 0 ? 0 : arch::load_shared(slots + lane - 1);
+  }
+};
+
+/// Warp 0 reads the slots of warp 1, which warp 1 then overwrites, without a barrier between
+/// the reads and the writes: a write after read in reverse order (thread 0 completes the barrier
+/// and reads first), a read after write in rank order (thread 63 completes it and writes first).
+struct overwrite_read_slot_kernel {
+  void operator()(int* out) const {
+    int* slots = arch::dynamic_smem<int>();
+    const int rank = arch::thread_rank();
+    arch::store_shared(slots + rank, rank);
+    arch::sync_block();
+    if (arch::warp_id() == 0) out[rank] = arch::load_shared(slots + rank + 32);
+    if (arch::warp_id() == 1) arch::store_shared(slots + rank, -rank);
+  }
+};
+
+/// Warp `writer` fills a 16 x 8 tile of 16-bit values, warp `reader` ldmatrix-es it, without a
+/// barrier between.
+struct ldmatrix_after_store_kernel {
+  void operator()(int writer, int reader, std::uint32_t* out) const {
+    auto* tile = arch::dynamic_smem<std::uint16_t>();
+    const int lane = arch::lane_id(), warp = arch::warp_id();
+    if (warp == writer)
+      for (int i = lane; i < 128; i += 32)
+        arch::store_shared(tile + i, static_cast<std::uint16_t>(i));
+    if (warp == reader) {
+      std::uint32_t r[2];
+      arch::ldmatrix_x2(r, tile + (lane % 16) * 8);
+      out[2 * lane] = r[0];
+      out[2 * lane + 1] = r[1];
+    }
+  }
+};
+
+/// Thread 0 copies 16 bytes with cp.async; `reader` reads them at the given step:
+/// 0 before the wait, 1 after the wait (no barrier), 2 after the wait and a barrier.
+struct cp_async_reader_kernel {
+  void operator()(const int* src, int reader, int step, int* out) const {
+    int* smem = arch::dynamic_smem<int>();
+    const int rank = arch::thread_rank();
+    if (rank == 0) {
+      arch::cp_async(smem, src);
+      arch::cp_async_commit_group();
+    }
+    if (step == 0 && rank == reader) out[0] = arch::load_shared(smem);
+    if (rank == 0) arch::cp_async_wait_group<0>();
+    if (step == 1 && rank == reader) out[0] = arch::load_shared(smem);
+    arch::sync_block();
+    if (step == 2 && rank == reader) out[0] = arch::load_shared(smem);
+  }
+};
+
+/// Each thread takes a ticket from a global counter (read, then increment: a race on global
+/// memory the shadow does not see) and stores it: the tickets depend on the thread order.
+struct ticket_kernel {
+  void operator()(int* counter, int* out) const {
+    const int ticket = arch::load_global(counter);
+    arch::store_global(counter, ticket + 1);
+    arch::store_global(out + arch::thread_rank(), ticket);
+  }
+};
+
+/// One 4-byte store at an element offset of a 16-bit buffer.
+struct packed_store_kernel {
+  void operator()(std::uint16_t* buffer, int element) const {
+    if (arch::thread_rank() == 0)
+      arch::store_global(reinterpret_cast<std::uint32_t*>(buffer + element), 0x12345678u);
+  }
+};
+
+/// Thread r stores out[r + offset] = in[r].
+struct shifted_copy_kernel {
+  void operator()(const float* in, float* out, int offset) const {
+    const int r = arch::thread_rank();
+    arch::store_global(out + r + offset, arch::load_global(in + r));
+  }
+};
+
+/// Runs the tiled GEMM (support/arch_gemm.hpp) on a 64 x 64 x 128 problem with `em`; returns C.
+template <class T>
+std::vector<float> run_gemm(const arch::emulator& em, arch::emulation_stats* stats = nullptr) {
+  const int m = 64, n = 64, k = 128;
+  const auto a = random_halves<T>(std::size_t(m) * k, 11);
+  const auto b = random_halves<T>(std::size_t(k) * n, 12);
+  std::vector<float> c(std::size_t(m) * n, -1.0f);
+  using kernel = sinkmoe::testing::tiled_gemm_kernel<T>;
+  const auto s = em.launch(index3(n / 64, m / 64), kernel::k_threads, kernel::smem_bytes, kernel{},
+                           a.data(), b.data(), c.data(), m, n, k);
+  if (stats != nullptr) *stats = s;
+  return c;
+}
+
+/// The message of the emulation_error `launch` throws ("" if none).
+template <class Launch>
+std::string emulation_message(Launch&& launch) {
+  try {
+    launch();
+  } catch (const arch::emulation_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& text, const std::string& fragment) {
+  return text.find(fragment) != std::string::npos;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(sanitizer)
+
+BOOST_AUTO_TEST_CASE(cross_warp_read_needs_a_block_barrier) {
+  std::vector<int> out(64, -1);
+  arch::emulated_launch(1, 64, 256, cross_warp_kernel{}, true, out.data());
+  for (int r = 32; r < 64; ++r) BOOST_TEST(out[r] == 7 * (r - 32));
+  const std::string m = emulation_message(
+      [&] { arch::emulated_launch(1, 64, 256, cross_warp_kernel{}, false, out.data()); });
+  // Both threads, both lines and the byte are named.
+  BOOST_TEST(contains(m, "shared-memory race"), m);
+  BOOST_TEST(contains(m, "written by thread 0 (warp 0 lane 0)"), m);
+  BOOST_TEST(contains(m, "read by thread 32 (warp 1 lane 0)"), m);
+  BOOST_TEST(contains(m, "at byte offset 0"), m);
+  BOOST_TEST(contains(m, "test_arch_emulation.cpp:"), m);
+  BOOST_TEST(contains(m, "cross_warp_kernel"), m);
+  BOOST_TEST(contains(m, "no sync_block between (different warps)"), m);
+}
+
+BOOST_AUTO_TEST_CASE(lanes_of_a_warp_need_a_sync_warp) {
+  std::vector<int> out(32, -1);
+  arch::emulated_launch(1, 32, 128, lane_neighbour_kernel{}, true, out.data());
+  for (int l = 1; l < 32; ++l) BOOST_TEST(out[l] == l - 1);
+  const std::string m = emulation_message(
+      [&] { arch::emulated_launch(1, 32, 128, lane_neighbour_kernel{}, false, out.data()); });
+  BOOST_TEST(contains(m, "no sync_warp or sync_block between"), m);
+}
+
+BOOST_AUTO_TEST_CASE(write_after_read_is_a_race) {
+  std::vector<int> out(64, -1);
+  // Reverse order: warp 0 reads slots 32..63 before warp 1 overwrites them (rank order hits the
+  // read after the write instead; both are races).
+  const arch::emulator reverse{.schedules = {{arch::thread_order::reverse}}};
+  const std::string m = emulation_message(
+      [&] { reverse.launch(1, 64, 256, overwrite_read_slot_kernel{}, out.data()); });
+  BOOST_TEST(contains(m, "shared-memory race"), m);
+  BOOST_TEST(contains(m, "read by thread"), m);
+  BOOST_TEST(contains(m, ", then written by thread"), m);
+  BOOST_TEST(!emulation_message([&] {
+                arch::emulated_launch(1, 64, 256, overwrite_read_slot_kernel{}, out.data());
+              }).empty());
+}
+
+BOOST_AUTO_TEST_CASE(ldmatrix_is_ordered_within_its_warp_only) {
+  std::vector<std::uint32_t> out(64, 0);
+  arch::emulated_launch(1, 64, 256, ldmatrix_after_store_kernel{}, 0, 0, out.data());
+  BOOST_TEST(out[0] == (0u | (1u << 16)));  // row 0, columns 0 and 1
+  const std::string m = emulation_message(
+      [&] { arch::emulated_launch(1, 64, 256, ldmatrix_after_store_kernel{}, 0, 1, out.data()); });
+  BOOST_TEST(contains(m, "read by an ldmatrix row of thread 32"), m);
+}
+
+BOOST_AUTO_TEST_CASE(unwritten_shared_bytes_are_not_read) {
+  struct kernel {
+    void operator()(float* out) const {
+      float* smem = arch::dynamic_smem<float>();
+      arch::store_shared(smem + arch::thread_rank(), 1.0f);
+      arch::sync_block();
+      out[arch::thread_rank()] = arch::load_shared(smem + arch::thread_rank() + 1);
+    }
+  };
+  std::vector<float> out(32);
+  const std::string m =
+      emulation_message([&] { arch::emulated_launch(1, 32, 256, kernel{}, out.data()); });
+  BOOST_TEST(contains(m, "thread 31 (warp 0 lane 31) reads shared byte 128"), m);
+  BOOST_TEST(contains(m, "which no thread of this block has written"), m);
+}
+
+BOOST_AUTO_TEST_CASE(cp_async_destinations_are_visible_after_wait_and_barrier) {
+  alignas(16) static const int src[4] = {11, 12, 13, 14};
+  int out = -1;
+  const auto run = [&](int reader, int step) {
+    return emulation_message([&] {
+      arch::emulated_launch(1, 64, 64, cp_async_reader_kernel{}, src, reader, step, &out);
+    });
+  };
+  BOOST_TEST(contains(run(0, 0), "in flight"), run(0, 0));  // its own copy, before the wait
+  // Another thread before the issuer's wait: in flight, unwritten or a race, by thread order.
+  BOOST_TEST(!run(40, 0).empty());
+  BOOST_TEST(run(0, 1).empty(), run(0, 1));  // the issuer after its wait
+  BOOST_TEST(out == 11);
+  const std::string m = run(40, 1);  // another thread after the wait, before the barrier
+  BOOST_TEST(contains(m, "written by a cp.async of thread 0"), m);
+  BOOST_TEST(contains(m, "read by thread 40"), m);
+  out = -1;
+  BOOST_TEST(run(40, 2).empty(), run(40, 2));
+  BOOST_TEST(out == 11);
+}
+
+BOOST_AUTO_TEST_CASE(thread_order_dependent_results_are_reported) {
+  int counter = 0;
+  std::vector<int> out(64, -1);
+  const std::string m = emulation_message(
+      [&] { arch::emulated_launch(1, 64, 0, ticket_kernel{}, &counter, out.data()); });
+  BOOST_TEST(contains(m, "schedule-dependent result"), m);
+  BOOST_TEST(contains(m, "forward and reverse thread orders"), m);
+  // One schedule alone runs it (that is all a single order can say).
+  counter = 0;
+  const arch::emulator one{.schedules = {{arch::thread_order::forward}}};
+  one.launch(1, 64, 0, ticket_kernel{}, &counter, out.data());
+  BOOST_TEST(out[63] == 63);
+}
+
+BOOST_AUTO_TEST_CASE(every_schedule_gives_the_gemm_bitwise) {
+  const auto expected = run_gemm<bf16>(arch::emulator{});
+  for (const arch::schedule s : {arch::schedule{arch::thread_order::rotated, 5},
+                                 arch::schedule{arch::thread_order::random, 9}}) {
+    const arch::emulator em{.schedules = {arch::schedule{}, s}};
+    arch::emulation_stats stats;
+    BOOST_TEST((run_gemm<bf16>(em, &stats) == expected));
+    BOOST_TEST(stats.schedules == 2u);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(misaligned_global_vector_access) {
+  alignas(16) std::uint16_t buffer[8] = {};
+  arch::emulated_launch(1, 32, 0, packed_store_kernel{}, buffer, 2);
+  BOOST_TEST(buffer[2] == 0x5678);
+  const std::string m =
+      emulation_message([&] { arch::emulated_launch(1, 32, 0, packed_store_kernel{}, buffer, 1); });
+  BOOST_TEST(contains(m, "4-byte global store"), m);
+  BOOST_TEST(contains(m, "is not 4-byte aligned"), m);
+}
+
+BOOST_AUTO_TEST_CASE(global_bounds_against_registered_tensors) {
+  std::vector<float> in(64, 1.0f), out(64, 0.0f), beyond(8, 0.0f);
+  arch::emulator em;
+  em.globals = {arch::range_of_bytes("in", in.data(), in.size() * 4, false),
+                arch::range_of_bytes("out", out.data(), out.size() * 4, true)};
+  em.launch(1, 64, 0, shifted_copy_kernel{}, in.data(), out.data(), 0);
+  BOOST_TEST(out[63] == 1.0f);
+  std::string m = emulation_message(
+      [&] { em.launch(1, 64, 0, shifted_copy_kernel{}, in.data(), out.data(), 1); });
+  BOOST_TEST(contains(m, "outside every tensor of the launch: 4 bytes past the end of out"), m);
+  BOOST_TEST(contains(m, "thread 63"), m);
+  m = emulation_message(
+      [&] { em.launch(1, 64, 0, shifted_copy_kernel{}, in.data(), in.data(), 0); });
+  BOOST_TEST(contains(m, "into in (byte offset 0), which the launch only reads"), m);
+}
+
+BOOST_AUTO_TEST_CASE(mutations_of_the_gemm_pipeline_are_caught) {
+  arch::emulation_stats stats;
+  const auto expected = run_gemm<bf16>(arch::emulator{}, &stats);
+  // The census: the GEMM's two sync_block sites and its wait_group site, with their counts
+  // (4 k-tiles, one block).
+  std::vector<arch::site_use> barriers, waits;
+  for (const arch::site_use& u : stats.sites) {
+    if (u.primitive == "sync_block") barriers.push_back(u);
+    if (u.primitive == "cp_async_wait_group") waits.push_back(u);
+  }
+  BOOST_TEST_REQUIRE(barriers.size() == 2u);
+  BOOST_TEST_REQUIRE(waits.size() == 1u);
+  for (const arch::site_use& u : barriers) BOOST_TEST(u.count == 4u * 128u);
+  const auto mutant = [](arch::mutation::kind what, const arch::site_use& u) {
+    return arch::mutation{what, u.where.file_name(), u.where.line()};
+  };
+  for (const arch::site_use& u : barriers) {
+    const arch::emulator em{.mutations = {mutant(arch::mutation::kind::skip_sync_block, u)}};
+    const std::string m = emulation_message([&] { run_gemm<bf16>(em); });
+    BOOST_TEST(!m.empty(), "deleting " << arch::describe(u.where) << " went unnoticed");
+    BOOST_TEST_MESSAGE("sync_block at " << arch::describe(u.where) << " deleted: " << m);
+  }
+  const arch::emulator fewer{.mutations = {mutant(arch::mutation::kind::retire_fewer, waits[0])}};
+  const std::string m = emulation_message([&] { run_gemm<bf16>(fewer); });
+  BOOST_TEST(contains(m, "in flight"), m);
+  // A scoped mutation reaches emulators constructed inside it.
+  {
+    arch::scoped_emulation scope({mutant(arch::mutation::kind::skip_sync_block, barriers[1])});
+    BOOST_TEST(!emulation_message([&] { run_gemm<bf16>(arch::emulator{}); }).empty());
+  }
+  BOOST_TEST((run_gemm<bf16>(arch::emulator{}) == expected));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
 // Throughput of the emulation (reported; the values are asserted so the test can fail)
 // ---------------------------------------------------------------------------------------------
 
@@ -967,9 +1281,9 @@ struct barrier_loop_kernel {
     int* slot = arch::dynamic_smem<int>();
     int sum = 0;
     for (int i = 0; i < iterations; ++i) {
-      if (arch::thread_rank() == i % 128) *slot = i;
+      if (arch::thread_rank() == i % 128) arch::store_shared(slot, i);
       arch::sync_block();
-      sum += *slot;
+      sum += arch::load_shared(slot);
       arch::sync_block();
     }
     out[arch::thread_rank()] = sum;

@@ -236,6 +236,30 @@ BOOST_AUTO_TEST_CASE(misaligned_rows_are_rejected) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(misaligned_elementwise_dgate_is_rejected) {
+  // The preprocess stores d(gate logits) in pairs (32-bit): a view at an odd element offset or
+  // with an odd stride would fault on the GPU, so validation refuses it, naming the argument.
+  using gated = attention<sink::none, gate::elementwise, mask::causal>;
+  const int t = small_problem::k_t, d = small_problem::k_d;
+  for (const int variant : {0, 1}) {
+    small_problem p;
+    std::vector<bf16> z(t * d + 2, bf16{0}), dz(t * d + 2, arch::from_bits<bf16>(0x1234));
+    p.args.gate_logits = {z.data(), {1, t, 1, d}};
+    if (variant == 0) {
+      p.g.dgate_logits = {dz.data() + 1, {1, t, 1, d}};  // odd element offset
+    } else {
+      p.g.dgate_logits = {dz.data(), {1, t, 1, d}, {t * (d + 1), d + 1, d + 1, 1}};  // odd stride
+      dz.resize(t * (d + 1) + 2, arch::from_bits<bf16>(0x1234));
+      p.g.dgate_logits.data = dz.data();
+    }
+    BOOST_TEST(throws_naming(
+        [&] { sinkmoe::testing::emulated_fused_backward<gated, 64>(p.args, p.g); },
+        {"backward_args.dgate_logits", variant == 0 ? "4-byte aligned" : "multiple of 2"}));
+    BOOST_TEST(p.grads_untouched());
+    for (const bf16& x : dz) BOOST_TEST(arch::to_bits(x) == 0x1234);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(workspace_too_small_is_rejected) {
   small_problem p;
   const sinkmoe::problem_shape shape = vanilla_causal::validate(p.args, p.g);

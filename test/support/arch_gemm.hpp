@@ -114,10 +114,10 @@ struct tiled_gemm_kernel {
     SINKMOE_ARCH_UNROLL
     for (int j = 0; j < 8; ++j) {
       const int col = col0 + j * 8 + 2 * t;
-      c[static_cast<std::size_t>(row) * n + col] = acc[j][0];
-      c[static_cast<std::size_t>(row) * n + col + 1] = acc[j][1];
-      c[static_cast<std::size_t>(row + 8) * n + col] = acc[j][2];
-      c[static_cast<std::size_t>(row + 8) * n + col + 1] = acc[j][3];
+      arch::store_global(c + static_cast<std::size_t>(row) * n + col, acc[j][0]);
+      arch::store_global(c + static_cast<std::size_t>(row) * n + col + 1, acc[j][1]);
+      arch::store_global(c + static_cast<std::size_t>(row + 8) * n + col, acc[j][2]);
+      arch::store_global(c + static_cast<std::size_t>(row + 8) * n + col + 1, acc[j][3]);
     }
   }
 };

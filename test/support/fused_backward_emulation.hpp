@@ -13,6 +13,8 @@
 #include <sinkmoe/cuda/backward_kernel.hpp>
 #include <vector>
 
+#include "support/emulation_ranges.hpp"
+
 namespace sinkmoe::testing {
 
 /// attention<...>::backward on the fused kernels, emulated: validates (throws sinkmoe::error like
@@ -40,28 +42,20 @@ sinkmoe::arch::emulation_stats emulated_fused_backward(const forward_args<Elemen
   const fused::backward_launch_geometry g =
       fused::backward_geometry<kernels, Attn>(shape, max_tq, max_tk);
 
+  const arch::emulator em =
+      emulator_for(backward_ranges(args, grads), workspace, layout.total_bytes);
   arch::emulation_stats total;
-  const auto add = [&](const arch::emulation_stats& s) {
-    total.blocks += s.blocks;
-    total.threads += s.threads;
-    total.block_barriers += s.block_barriers;
-    total.warp_syncs += s.warp_syncs;
-    total.warp_collectives += s.warp_collectives;
-    total.mma += s.mma;
-    total.resumes += s.resumes;
-  };
   if (!g.preprocess.empty())
-    add(arch::emulated_launch(g.preprocess.grid, g.preprocess.block, g.preprocess.smem_bytes,
-                              typename kernels::preprocess{}, params));
+    total += em.launch(g.preprocess.grid, g.preprocess.block, g.preprocess.smem_bytes,
+                       typename kernels::preprocess{}, params);
   if (!g.dkdv.empty())
-    add(arch::emulated_launch(g.dkdv.grid, g.dkdv.block, g.dkdv.smem_bytes,
-                              typename kernels::dkdv{}, params));
+    total +=
+        em.launch(g.dkdv.grid, g.dkdv.block, g.dkdv.smem_bytes, typename kernels::dkdv{}, params);
   if (!g.dq.empty())
-    add(arch::emulated_launch(g.dq.grid, g.dq.block, g.dq.smem_bytes, typename kernels::dq{},
-                              params));
+    total += em.launch(g.dq.grid, g.dq.block, g.dq.smem_bytes, typename kernels::dq{}, params);
   if (g.trainable_sink && !g.dsink.empty())
-    add(arch::emulated_launch(g.dsink.grid, g.dsink.block, g.dsink.smem_bytes,
-                              typename kernels::dsink{}, params));
+    total += em.launch(g.dsink.grid, g.dsink.block, g.dsink.smem_bytes, typename kernels::dsink{},
+                       params);
   return total;
 }
 

@@ -10,11 +10,14 @@
 #include <sinkmoe/attention.hpp>
 #include <sinkmoe/cuda/forward_kernel.hpp>
 
+#include "support/emulation_ranges.hpp"
+
 namespace sinkmoe::testing {
 
 /// attention<...>::forward on the fused kernel, emulated: validates (throws sinkmoe::error like
-/// the library), launches forward_kernel<Attn, Element, HeadDim> and returns the emulation's
-/// counters (all zero when there is no query row). cu_seqlens are host pointers here.
+/// the library), launches forward_kernel<Attn, Element, HeadDim> with the call's tensors as the
+/// launch's global ranges (support/emulation_ranges.hpp) and returns the emulation's counters
+/// (all zero when there is no query row). cu_seqlens are host pointers here.
 template <class Attn, int HeadDim, sinkmoe::arch::half_precision Element>
 sinkmoe::arch::emulation_stats emulated_fused_forward(const forward_args<Element>& args) {
   const problem_shape shape = Attn::validate(args);
@@ -25,8 +28,8 @@ sinkmoe::arch::emulation_stats emulated_fused_forward(const forward_args<Element
   const fused::launch_geometry geometry =
       fused::forward_launch_geometry<kernel>(shape, fused::max_query_rows(shape, args.varlen));
   if (geometry.empty()) return {};
-  return sinkmoe::arch::emulated_launch(geometry.grid, geometry.block, geometry.smem_bytes,
-                                        kernel{}, params);
+  return emulator_for(forward_ranges(args))
+      .launch(geometry.grid, geometry.block, geometry.smem_bytes, kernel{}, params);
 }
 
 }  // namespace sinkmoe::testing

@@ -31,12 +31,12 @@ class emulated_balancer {
   }
 
   void accumulate(std::span<const balance::layer_input<float>> inputs) {
-    balance::gpu::enqueue_accumulate(inputs, ws_, launcher{});
+    balance::gpu::enqueue_accumulate(inputs, ws_, launcher_for(inputs, {}));
   }
-  void evaluate() { balance::gpu::enqueue_evaluate(options_, ws_, launcher{}); }
+  void evaluate() { balance::gpu::enqueue_evaluate(options_, ws_, launcher_for({}, {})); }
   void router_grad(std::span<const balance::layer_input<float>> inputs,
                    std::span<const tensor_view<float, 3>> drouter) {
-    balance::gpu::enqueue_router_grad(inputs, drouter, ws_, launcher{});
+    balance::gpu::enqueue_router_grad(inputs, drouter, ws_, launcher_for(inputs, drouter));
   }
   void forward_backward(std::span<const balance::layer_input<float>> inputs,
                         std::span<const tensor_view<float, 3>> drouter) {
@@ -76,13 +76,33 @@ class emulated_balancer {
   }
 
  private:
+  /// Launches with the workspace and the call's tensors as the global ranges.
   struct launcher {
+    arch::emulator em;
     template <class Kernel, class Params>
     void operator()(Kernel kernel, arch::index3 grid, arch::index3 block, std::size_t smem,
                     const Params& params) const {
-      arch::emulated_launch(grid, block, smem, kernel, params);
+      em.launch(grid, block, smem, kernel, params);
     }
   };
+  launcher launcher_for(std::span<const balance::layer_input<float>> inputs,
+                        std::span<const tensor_view<float, 3>> drouter) const {
+    launcher l;
+    l.em.globals.push_back(
+        arch::range_of_bytes("balance workspace", storage_.data(),
+                             balance::gpu::workspace_bytes(ws_.layers, ws_.heads), true));
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      const std::string layer = "[" + std::to_string(i) + "]";
+      for (auto& r : arch::range_of("inputs" + layer + ".router", inputs[i].router, false))
+        l.em.globals.push_back(r);
+      for (auto& r : arch::range_of("inputs" + layer + ".counted", inputs[i].counted, false))
+        l.em.globals.push_back(r);
+    }
+    for (std::size_t i = 0; i < drouter.size(); ++i)
+      for (auto& r : arch::range_of("drouter[" + std::to_string(i) + "]", drouter[i], true))
+        l.em.globals.push_back(r);
+    return l;
+  }
 
   balance::gpu::evaluate_options options_;
   std::vector<double> storage_;

@@ -24,6 +24,7 @@
 // fused_forward_check.hpp includes the emulation first, as the primitive layer requires.
 #include <sinkmoe/cuda/unfused/algorithm.hpp>
 
+#include "support/emulation_ranges.hpp"
 #include "support/unfused_host_gemm.hpp"
 
 namespace sinkmoe::testing::unfused_check {
@@ -31,15 +32,20 @@ namespace sinkmoe::testing::unfused_check {
 namespace fc = fused_check;
 namespace arch = sinkmoe::arch;
 
-/// The unfused algorithm's device in the tests: host GEMMs, emulated row kernels.
+/// The unfused algorithm's device in the tests: host GEMMs, emulated row kernels. `ranges` are
+/// the global memory the row kernels may touch (the call's tensors and the workspace; empty: not
+/// checked).
 struct emulated_device {
   host_gemm gemms;
   std::uint64_t launches = 0;
+  std::vector<arch::global_range> ranges;
   void gemm(const unfused::gemm_desc& g) { gemms.gemm(g); }
   template <class Kernel, class Params>
   void launch(const unfused::launch_shape& s, const Params& params) {
     ++launches;
-    arch::emulated_launch(s.grid, s.block, s.smem_bytes, Kernel{}, params);
+    arch::emulator em;
+    em.globals = ranges;
+    em.launch(s.grid, s.block, s.smem_bytes, Kernel{}, params);
   }
 };
 
@@ -159,7 +165,9 @@ unfused_run run_unfused(const fc::problem& pb, const ref::cotangents& ct, int ch
   emulated_device dev;
   {
     const problem_shape shape = unfused::validate_forward<Attn>(a);
-    guarded_workspace ws(unfused::workspace_bytes(shape, chunk_rows, unfused::pass::forward));
+    const std::size_t bytes = unfused::workspace_bytes(shape, chunk_rows, unfused::pass::forward);
+    guarded_workspace ws(bytes);
+    dev.ranges = emulator_for(forward_ranges(a), ws.data(), bytes).globals;
     unfused::forward<Attn>(dev, a, shape, ws.data(), chunk_rows);
     run.workspace_guard_intact = ws.guard_intact();
   }
@@ -188,7 +196,9 @@ unfused_run run_unfused(const fc::problem& pb, const ref::cotangents& ct, int ch
   if constexpr (Gate::enabled) g.dgate_logits = {dz_buf.data(), {B, TQ, Hq, dg}};
   {
     const problem_shape shape = unfused::validate_backward<Attn>(a, g);
-    guarded_workspace ws(unfused::workspace_bytes(shape, chunk_rows, unfused::pass::backward));
+    const std::size_t bytes = unfused::workspace_bytes(shape, chunk_rows, unfused::pass::backward);
+    guarded_workspace ws(bytes);
+    dev.ranges = emulator_for(backward_ranges(a, g), ws.data(), bytes).globals;
     unfused::backward<Attn>(dev, a, g, shape, ws.data(), chunk_rows);
     run.workspace_guard_intact = run.workspace_guard_intact && ws.guard_intact();
   }

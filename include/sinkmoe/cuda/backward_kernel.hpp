@@ -173,7 +173,7 @@ struct backward_preprocess_kernel {
             : p.dsink_partial + (static_cast<index_t>(h) * p.shape.num_seqs + seq) * p.q_tiles +
                   q_tile;
     if (q0 >= s.tq) {  // block-uniform; the partial still has to be defined
-      if (dsink_slot != nullptr && arch::thread_rank() == 0) *dsink_slot = 0.0f;
+      if (dsink_slot != nullptr && arch::thread_rank() == 0) arch::store_global(dsink_slot, 0.0f);
       return;
     }
     const int hk = h / (p.shape.q_heads / p.shape.kv_heads);
@@ -203,13 +203,14 @@ struct backward_preprocess_kernel {
         const int c = 64 * j + 2 * lane;
         SINKMOE_ARCH_UNROLL
         for (int e = 0; e < 2; ++e) {
-          dy[j][e] = arch::to_float(dout_row[c + e]);
-          y[j][e] = arch::to_float(out_row[c + e]);
+          dy[j][e] = arch::to_float(arch::load_global(dout_row + c + e));
+          y[j][e] = arch::to_float(arch::load_global(out_row + c + e));
           dot_dy_y += dy[j][e] * y[j][e];
           z[j][e] = 0.0f;
-          if constexpr (k_gate_dim == HeadDim) z[j][e] = arch::to_float(z_row[c + e]);
+          if constexpr (k_gate_dim == HeadDim)
+            z[j][e] = arch::to_float(arch::load_global(z_row + c + e));
         }
-        if constexpr (k_gate_dim == 1) z[j][0] = arch::to_float(z_row[0]);
+        if constexpr (k_gate_dim == 1) z[j][0] = arch::to_float(arch::load_global(z_row));
       }
       const float delta = arch::warp_reduce_sum(dot_dy_y);
 
@@ -234,13 +235,15 @@ struct backward_preprocess_kernel {
           SINKMOE_ARCH_UNROLL
           for (int j = 0; j < k_pairs; ++j) {
             const int c = 64 * j + 2 * lane;
-            dot += arch::to_float(q_row[c]) * arch::to_float(k_row[c]) +
-                   arch::to_float(q_row[c + 1]) * arch::to_float(k_row[c + 1]);
+            dot += arch::to_float(arch::load_global(q_row + c)) *
+                       arch::to_float(arch::load_global(k_row + c)) +
+                   arch::to_float(arch::load_global(q_row + c + 1)) *
+                       arch::to_float(arch::load_global(k_row + c + 1));
           }
           sink_score = score.transform(arch::warp_reduce_sum(dot));
         }
       }
-      const float lse = *detail::at3(p.lse, p.lse_stride, s.batch, h, row);
+      const float lse = arch::load_global(detail::at3(p.lse, p.lse_stride, s.batch, h, row));
       const sink::row_sink<float> rs = sink::row_from_lse(lse, sink_score);
 
       // The gate's router value (needed by route::product's split).
@@ -254,14 +257,16 @@ struct backward_preprocess_kernel {
         gate_value = gate_type::router_value(z[0], 1);
       }
 
-      const float gbar = (p.drouter == nullptr || empty_row)
-                             ? 0.0f
-                             : *detail::at3(p.drouter, p.drouter_stride, s.batch, h, row);
+      const float gbar =
+          (p.drouter == nullptr || empty_row)
+              ? 0.0f
+              : arch::load_global(detail::at3(p.drouter, p.drouter_stride, s.batch, h, row));
       float gbar_sink = 0.0f, gbar_gate = 0.0f;
       route_type::split(gbar, rs.complement, gate_value, gbar_sink, gbar_gate);
-      const float dlse = (p.dlse == nullptr || !math::is_finite(lse))
-                             ? 0.0f
-                             : *detail::at3(p.dlse, p.dlse_stride, s.batch, h, row);
+      const float dlse =
+          (p.dlse == nullptr || !math::is_finite(lse))
+              ? 0.0f
+              : arch::load_global(detail::at3(p.dlse, p.dlse_stride, s.batch, h, row));
 
       // Gate backward on the slices: dO (ungated) into the workspace, dz into dgate_logits.
       if constexpr (gate_type::enabled) {
@@ -275,24 +280,26 @@ struct backward_preprocess_kernel {
           const int c = 64 * j + 2 * lane;
           float d_attn[2], dz[2] = {0.0f, 0.0f};
           gate_type::backward_row(dy[j], y[j], d_attn, 2, z[j], gbar_gate * gbar_per_slice, dz);
-          *reinterpret_cast<std::uint32_t*>(grad_row + c) =
-              arch::pack2<Element>(d_attn[0], d_attn[1]);
+          arch::store_global(reinterpret_cast<std::uint32_t*>(grad_row + c),
+                             arch::pack2<Element>(d_attn[0], d_attn[1]));
           if constexpr (k_gate_dim == HeadDim)
-            *reinterpret_cast<std::uint32_t*>(dz_row + c) = arch::pack2<Element>(dz[0], dz[1]);
+            arch::store_global(reinterpret_cast<std::uint32_t*>(dz_row + c),
+                               arch::pack2<Element>(dz[0], dz[1]));
           else
             dz_sum += dz[0];
         }
         if constexpr (k_gate_dim == 1) {
           dz_sum = arch::warp_reduce_sum(dz_sum);
-          if (lane == 0) dz_row[0] = arch::from_float<Element>(dz_sum);
+          if (lane == 0) arch::store_global(dz_row, arch::from_float<Element>(dz_sum));
         }
       }
 
       if (lane == 0) {
-        *detail::at3(p.row_term, p.row_stat_stride, s.batch, h, row) =
-            sink::row_term(delta, gbar_sink, rs.mass, dlse);
+        arch::store_global(detail::at3(p.row_term, p.row_stat_stride, s.batch, h, row),
+                           sink::row_term(delta, gbar_sink, rs.mass, dlse));
         if constexpr (sink_type::first_key_is_sink)
-          *detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row) = gbar_sink * rs.mass;
+          arch::store_global(detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row),
+                             gbar_sink * rs.mass);
       }
       if constexpr (sink_type::trainable)
         warp_dsink += sink::logit_grad(delta, gbar_sink, rs.mass, rs.complement, dlse);
@@ -301,12 +308,12 @@ struct backward_preprocess_kernel {
     // This block's d(sink) partial: warps in order (fixed, so deterministic).
     if constexpr (sink_type::trainable) {
       float* const warp_sums = arch::dynamic_smem<float>();
-      if (lane == 0) warp_sums[warp] = warp_dsink;
+      if (lane == 0) arch::store_shared(warp_sums + warp, warp_dsink);
       arch::sync_block();
       if (arch::thread_rank() == 0) {
         float total = 0.0f;
-        for (int w = 0; w < k_warps; ++w) total += warp_sums[w];
-        *dsink_slot = total;
+        for (int w = 0; w < k_warps; ++w) total += arch::load_shared(warp_sums + w);
+        arch::store_global(dsink_slot, total);
       }
     }
   }
@@ -404,15 +411,18 @@ SINKMOE_DEVICE inline void store_rows(const float (&acc)[HeadDim / 8][4], float 
     const int col = n * 8 + 2 * quad_lane;
     SINKMOE_ARCH_UNROLL
     for (int r = 0; r < 2; ++r)
-      *reinterpret_cast<std::uint32_t*>(warp_rows + (group + 8 * r) * geo::row_stride + col) =
-          arch::pack2<Element>(acc[n][2 * r] * factor, acc[n][2 * r + 1] * factor);
+      arch::store_shared(
+          reinterpret_cast<std::uint32_t*>(warp_rows + (group + 8 * r) * geo::row_stride + col),
+          arch::pack2<Element>(acc[n][2 * r] * factor, acc[n][2 * r + 1] * factor));
   }
   arch::sync_warp();
   for (int i = lane; i < 16 * geo::chunks_per_row; i += arch::k_warp_size) {
     const int r = i / geo::chunks_per_row, c = i % geo::chunks_per_row;
     if (r >= valid_rows) continue;
-    *reinterpret_cast<chunk16*>(dst_row0 + static_cast<index_t>(r) * row_stride + c * 8) =
-        *reinterpret_cast<const chunk16*>(warp_rows + r * geo::row_stride + c * 8);
+    arch::store_global(
+        reinterpret_cast<chunk16*>(dst_row0 + static_cast<index_t>(r) * row_stride + c * 8),
+        arch::load_shared(
+            reinterpret_cast<const chunk16*>(warp_rows + r * geo::row_stride + c * 8)));
   }
 }
 
@@ -491,15 +501,15 @@ struct backward_dkdv_kernel {
         float lse_log2 = -neg_inf, term = 0.0f, key0 = 0.0f;
         if (r < rows) {
           const index_t row = s.q_begin + q0 + r;
-          const float lse = *detail::at3(p.lse, p.lse_stride, s.batch, h, row);
+          const float lse = arch::load_global(detail::at3(p.lse, p.lse_stride, s.batch, h, row));
           if (math::is_finite(lse)) lse_log2 = lse * k_log2e;
-          term = *detail::at3(p.row_term, p.row_stat_stride, s.batch, h, row);
+          term = arch::load_global(detail::at3(p.row_term, p.row_stat_stride, s.batch, h, row));
           if constexpr (Key0Sink)
-            key0 = *detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row);
+            key0 = arch::load_global(detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row));
         }
-        stats[r] = lse_log2;
-        stats[k_block_q + r] = term;
-        stats[2 * k_block_q + r] = key0;
+        arch::store_shared(stats + r, lse_log2);
+        arch::store_shared(stats + k_block_q + r, term);
+        arch::store_shared(stats + 2 * k_block_q + r, key0);
       }
     };
 
@@ -562,11 +572,13 @@ struct backward_dkdv_kernel {
             }
             const bool live =
                 key_local < cols && query_local < rows && (!partial || mask.visible(t, key));
-            const float prob =
-                live ? detail::exp2_approx(x * score_to_log2 - stats[query_local]) : 0.0f;
-            float ds = prob * (dpt[n][i] - stats[k_block_q + query_local]);
+            const float prob = live ? detail::exp2_approx(x * score_to_log2 -
+                                                          arch::load_shared(stats + query_local))
+                                    : 0.0f;
+            float ds = prob * (dpt[n][i] - arch::load_shared(stats + k_block_q + query_local));
             if constexpr (Key0Sink)
-              if (key == 0 && prob != 0.0f) ds -= stats[2 * k_block_q + query_local];
+              if (key == 0 && prob != 0.0f)
+                ds -= arch::load_shared(stats + 2 * k_block_q + query_local);
             if constexpr (!Score::is_linear) ds *= dscore;
             st[n][i] = prob;
             dpt[n][i] = ds;
@@ -674,11 +686,11 @@ struct backward_dq_kernel {
       term[r] = key0[r] = 0.0f;
       if (row_local < rows) {
         const index_t row = s.q_begin + q0 + row_local;
-        const float lse = *detail::at3(p.lse, p.lse_stride, s.batch, h, row);
+        const float lse = arch::load_global(detail::at3(p.lse, p.lse_stride, s.batch, h, row));
         if (math::is_finite(lse)) lse_log2[r] = lse * k_log2e;
-        term[r] = *detail::at3(p.row_term, p.row_stat_stride, s.batch, h, row);
+        term[r] = arch::load_global(detail::at3(p.row_term, p.row_stat_stride, s.batch, h, row));
         if constexpr (Key0Sink)
-          key0[r] = *detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row);
+          key0[r] = arch::load_global(detail::at3(p.key0_term, p.row_stat_stride, s.batch, h, row));
       }
     }
 
@@ -772,9 +784,10 @@ struct backward_dsink_kernel {
     const int count = p.shape.num_seqs * p.q_tiles;
     const float* partials = p.dsink_partial + static_cast<index_t>(h) * count;
     float sum = 0.0f;
-    for (int i = arch::lane_id(); i < count; i += arch::k_warp_size) sum += partials[i];
+    for (int i = arch::lane_id(); i < count; i += arch::k_warp_size)
+      sum += arch::load_global(partials + i);
     sum = arch::warp_reduce_sum(sum);
-    if (arch::lane_id() == 0) p.dsinks[h * p.dsinks_stride] = sum;
+    if (arch::lane_id() == 0) arch::store_global(p.dsinks + h * p.dsinks_stride, sum);
   }
 };
 
@@ -838,7 +851,8 @@ backward_workspace_layout backward_workspace(const problem_shape& shape, int max
 /// Kernel parameters from validated arguments and a workspace of at least
 /// backward_workspace<Attn, Element>(shape, max_tq).total_bytes bytes, 256-byte aligned (device
 /// memory where the kernels run). Throws sinkmoe::error when a row of q, k, v, dout, dq, dk or
-/// dv is not 16-byte aligned, or the workspace is too small or misaligned.
+/// dv is not 16-byte aligned, an elementwise dgate_logits is not pair-aligned (4 bytes), or the
+/// workspace is too small or misaligned.
 template <class Attn, arch::half_precision Element>
 backward_params<Element> make_backward_params(const forward_args<Element>& a,
                                               const backward_args<Element>& g,
@@ -851,6 +865,8 @@ backward_params<Element> make_backward_params(const forward_args<Element>& a,
   detail::require_rows_16_byte_aligned("backward_args.dq", g.dq);
   detail::require_rows_16_byte_aligned("backward_args.dk", g.dk);
   detail::require_rows_16_byte_aligned("backward_args.dv", g.dv);
+  if (shape.gate_dim > 1)  // a gate logit per channel: the preprocess stores dz in pairs
+    detail::require_pairs_4_byte_aligned("backward_args.dgate_logits", g.dgate_logits);
   const backward_workspace_layout w = backward_workspace<Attn, Element>(shape, max_tq);
   sinkmoe::detail::require(workspace_bytes >= w.total_bytes,
                            "backward workspace: ", workspace_bytes, " bytes given, ", w.total_bytes,

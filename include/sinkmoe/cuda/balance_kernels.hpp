@@ -261,9 +261,10 @@ struct accumulate_kernel {
       const index_t b = i / s.tokens;
       const index_t t = i - b * s.tokens;
       if (s.counted == nullptr ||
-          s.counted[b * s.counted_stride[0] + t * s.counted_stride[1]] != 0) {
-        sum += static_cast<double>(
-            s.router[b * s.router_stride[0] + head * s.router_stride[1] + t * s.router_stride[2]]);
+          arch::load_global(s.counted + b * s.counted_stride[0] + t * s.counted_stride[1]) != 0) {
+        sum += static_cast<double>(arch::load_global(s.router + b * s.router_stride[0] +
+                                                     head * s.router_stride[1] +
+                                                     t * s.router_stride[2]));
         ++count;
       }
     }
@@ -272,19 +273,20 @@ struct accumulate_kernel {
     const float warp_sum = arch::warp_reduce_sum(static_cast<float>(sum));
     const int warp_count = arch::warp_reduce_sum(count);
     if (arch::lane_id() == 0) {
-      warp_sums[arch::warp_id()] = warp_sum;
-      warp_counts[arch::warp_id()] = warp_count;
+      arch::store_shared(warp_sums + arch::warp_id(), warp_sum);
+      arch::store_shared(warp_counts + arch::warp_id(), warp_count);
     }
     arch::sync_block();
     if (arch::thread_rank() == 0) {
       double total = 0.0;
       int total_count = 0;
       for (int w = 0; w < k_warps; ++w) {
-        total += static_cast<double>(warp_sums[w]);
-        total_count += warp_counts[w];
+        total += static_cast<double>(arch::load_shared(warp_sums + w));
+        total_count += arch::load_shared(warp_counts + w);
       }
-      p.ws.router_sum[std::size_t(s.layer) * p.ws.heads + head] = total;
-      if (head == 0) p.ws.token_count[s.layer] = static_cast<double>(total_count);
+      arch::store_global(p.ws.router_sum + std::size_t(s.layer) * p.ws.heads + head, total);
+      if (head == 0)
+        arch::store_global(p.ws.token_count + s.layer, static_cast<double>(total_count));
     }
   }
 };
@@ -326,10 +328,11 @@ struct evaluate_kernel {
 
     for (int l = warp; l < ws.layers; l += k_evaluate_warps) {
       const std::size_t row = std::size_t(l) * heads;
-      const double tokens = ws.token_count[l];
+      const double tokens = arch::load_global(ws.token_count + l);
       for (int h = lane; h < heads; h += arch::k_warp_size) {
-        importance[h] = tokens > 0 ? ws.router_sum[row + h] / tokens : 0.0;
-        ws.importance[row + h] = importance[h];
+        const double imp = tokens > 0 ? arch::load_global(ws.router_sum + row + h) / tokens : 0.0;
+        arch::store_shared(importance + h, imp);
+        arch::store_global(ws.importance + row + h, imp);
       }
       arch::sync_warp();
       // Shared heads: the fixed set, or the top m by importance with ties to the lower id (the
@@ -337,30 +340,36 @@ struct evaluate_kernel {
       for (int h = lane; h < heads; h += arch::k_warp_size) {
         bool shared;
         if (o.fixed_selection) {
-          shared = ws.shared[row + h] != 0;
+          shared = arch::load_global(ws.shared + row + h) != 0;
         } else {
+          const double mine = arch::load_shared(importance + h);
           int place = 0;
-          for (int j = 0; j < heads; ++j)
-            place += importance[j] > importance[h] || (importance[j] == importance[h] && j < h);
+          for (int j = 0; j < heads; ++j) {
+            const double other = arch::load_shared(importance + j);
+            place += other > mine || (other == mine && j < h);
+          }
           shared = place < o.shared_heads;
-          ws.shared[row + h] = shared ? 1 : 0;
+          arch::store_global(ws.shared + row + h, static_cast<std::uint8_t>(shared ? 1 : 0));
         }
-        flags[h] = shared ? 1 : 0;
+        arch::store_shared(flags + h, static_cast<std::uint8_t>(shared ? 1 : 0));
       }
       arch::sync_warp();
       if (lane == 0) evaluate_layer(o, ws, l, tokens, importance, flags, scalars);
       arch::sync_warp();
       // importance_grad: lambda n dCV^2/dImp_h on balanced heads, 0 on shared ones.
-      const double mean = scalars[0], var = scalars[1], denom = scalars[2], n = scalars[3];
+      const double mean = arch::load_shared(scalars), var = arch::load_shared(scalars + 1),
+                   denom = arch::load_shared(scalars + 2), n = arch::load_shared(scalars + 3);
       const bool has_grad = tokens > 0 && mean > 0 && n >= 2;
       for (int h = lane; h < heads; h += arch::k_warp_size) {
         double grad = 0.0;
-        if (has_grad && flags[h] == 0) {
-          const double dcv2 = 2 * (importance[h] - mean) / denom / (mean * mean) -
-                              2 * var / (mean * mean * mean) / n;
+        if (has_grad && arch::load_shared(flags + h) == 0) {
+          const double dcv2 =
+              2 * (arch::load_shared(importance + h) - mean) / denom / (mean * mean) -
+              2 * var / (mean * mean * mean) / n;
           grad = o.lambda * n * dcv2;
         }
-        ws.token_grad[row + h] = tokens > 0 ? static_cast<float>(grad / tokens) : 0.0f;
+        arch::store_global(ws.token_grad + row + h,
+                           tokens > 0 ? static_cast<float>(grad / tokens) : 0.0f);
       }
       arch::sync_warp();  // the next layer reuses this warp's shared memory
     }
@@ -368,11 +377,12 @@ struct evaluate_kernel {
     if (arch::thread_rank() == 0) {
       double loss = 0.0, mean_cv = 0.0;
       for (int l = 0; l < ws.layers; ++l) {
-        loss += ws.layer_stats[std::size_t(l) * k_stat_count + stat_loss];
-        mean_cv += ws.layer_stats[std::size_t(l) * k_stat_count + stat_cv] / ws.layers;
+        loss += arch::load_global(ws.layer_stats + std::size_t(l) * k_stat_count + stat_loss);
+        mean_cv +=
+            arch::load_global(ws.layer_stats + std::size_t(l) * k_stat_count + stat_cv) / ws.layers;
       }
-      ws.totals[total_loss] = loss;
-      ws.totals[total_mean_cv] = mean_cv;
+      arch::store_global(ws.totals + total_loss, loss);
+      arch::store_global(ws.totals + total_mean_cv, mean_cv);
     }
   }
 
@@ -385,14 +395,17 @@ struct evaluate_kernel {
     for (int h = 0; h < heads; ++h)
       if (pick(h)) {
         n += 1;
-        sum += importance[h];
+        sum += arch::load_shared(importance + h);
       }
     if (n < 2) return 0.0;
     const double mean = sum / n;
     if (mean <= 0) return 0.0;
     double ss = 0.0;
     for (int h = 0; h < heads; ++h)
-      if (pick(h)) ss += (importance[h] - mean) * (importance[h] - mean);
+      if (pick(h)) {
+        const double deviation = arch::load_shared(importance + h) - mean;
+        ss += deviation * deviation;
+      }
     return detail::square_root(ss / (sample_std ? n - 1 : n)) / mean;
   }
 
@@ -403,34 +416,38 @@ struct evaluate_kernel {
                                             const std::uint8_t* flags, double* scalars) {
     const int heads = ws.heads;
     const auto all = [](int) { return true; };
-    const auto balanced = [flags](int h) { return flags[h] == 0; };
+    const auto balanced = [flags](int h) { return arch::load_shared(flags + h) == 0; };
     double* stats = ws.layer_stats + std::size_t(l) * k_stat_count;
     const double cv = coefficient_of_variation(importance, heads, o.sample_std, all);
     const double balanced_cv = coefficient_of_variation(importance, heads, o.sample_std, balanced);
     double n = 0.0, sum = 0.0, sum_sq = 0.0, dormant = 0.0;
     for (int h = 0; h < heads; ++h) {
-      n += flags[h] == 0 ? 1 : 0;
-      sum += importance[h];
-      sum_sq += importance[h] * importance[h];
-      dormant += importance[h] < o.dormant_threshold ? 1 : 0;
+      const double imp = arch::load_shared(importance + h);
+      n += balanced(h) ? 1 : 0;
+      sum += imp;
+      sum_sq += imp * imp;
+      dormant += imp < o.dormant_threshold ? 1 : 0;
     }
-    stats[stat_cv] = cv;
-    stats[stat_balanced_cv] = balanced_cv;
-    stats[stat_loss] = o.lambda * n * balanced_cv * balanced_cv;
-    stats[stat_effective_heads] = sum_sq > 0 ? sum * sum / sum_sq : 0.0;
-    stats[stat_dormant_fraction] = dormant / heads;
+    arch::store_global(stats + stat_cv, cv);
+    arch::store_global(stats + stat_balanced_cv, balanced_cv);
+    arch::store_global(stats + stat_loss, o.lambda * n * balanced_cv * balanced_cv);
+    arch::store_global(stats + stat_effective_heads, sum_sq > 0 ? sum * sum / sum_sq : 0.0);
+    arch::store_global(stats + stat_dormant_fraction, dormant / heads);
     // importance_grad's mean (of Imp / n, summed in head order) and variance.
     double mean = 0.0;
     for (int h = 0; h < heads; ++h)
-      if (flags[h] == 0) mean += importance[h] / n;
+      if (balanced(h)) mean += arch::load_shared(importance + h) / n;
     const double denom = o.sample_std ? n - 1 : n;
     double ss = 0.0;
     for (int h = 0; h < heads; ++h)
-      if (flags[h] == 0) ss += (importance[h] - mean) * (importance[h] - mean);
-    scalars[0] = mean;
-    scalars[1] = tokens > 0 && mean > 0 && n >= 2 ? ss / denom : 0.0;
-    scalars[2] = denom;
-    scalars[3] = n;
+      if (balanced(h)) {
+        const double deviation = arch::load_shared(importance + h) - mean;
+        ss += deviation * deviation;
+      }
+    arch::store_shared(scalars, mean);
+    arch::store_shared(scalars + 1, tokens > 0 && mean > 0 && n >= 2 ? ss / denom : 0.0);
+    arch::store_shared(scalars + 2, denom);
+    arch::store_shared(scalars + 3, n);
   }
 };
 
@@ -453,9 +470,11 @@ struct router_grad_kernel {
       const index_t h = bh % heads;
       const index_t b = bh / heads;
       const bool counted =
-          s.counted == nullptr || s.counted[b * s.counted_stride[0] + t * s.counted_stride[1]] != 0;
-      s.drouter[b * s.drouter_stride[0] + h * s.drouter_stride[1] + t * s.drouter_stride[2]] =
-          counted ? grad[h] : 0.0f;
+          s.counted == nullptr ||
+          arch::load_global(s.counted + b * s.counted_stride[0] + t * s.counted_stride[1]) != 0;
+      arch::store_global(
+          s.drouter + b * s.drouter_stride[0] + h * s.drouter_stride[1] + t * s.drouter_stride[2],
+          counted ? arch::load_global(grad + h) : 0.0f);
     }
   }
 };

@@ -147,11 +147,12 @@ struct sequence_rows {
 };
 
 template <class Params>
-SINKMOE_HD inline sequence_rows sequence_of(const Params& p, int seq) {
+SINKMOE_DEVICE inline sequence_rows sequence_of(const Params& p, int seq) {
   if (p.cu_seqlens_q == nullptr) return {seq, 0, p.shape.tq, 0, p.shape.tk};
-  const int q_begin = p.cu_seqlens_q[seq], k_begin = p.cu_seqlens_k[seq];
-  return {0, q_begin, p.cu_seqlens_q[seq + 1] - q_begin, k_begin,
-          p.cu_seqlens_k[seq + 1] - k_begin};
+  const int q_begin = arch::load_global(p.cu_seqlens_q + seq);
+  const int k_begin = arch::load_global(p.cu_seqlens_k + seq);
+  return {0, q_begin, arch::load_global(p.cu_seqlens_q + seq + 1) - q_begin, k_begin,
+          arch::load_global(p.cu_seqlens_k + seq + 1) - k_begin};
 }
 
 /// cp.async of rows [first_row, first_row + 64) of one head of a [B, T, H, D] tensor (base at
@@ -423,7 +424,7 @@ struct forward_kernel {
         if (valid) {
           z_row = p.gate_logits + batch * p.gate_stride[0] + row * p.gate_stride[1] +
                   h * p.gate_stride[2];
-          if constexpr (k_gate_dim == 1) z_headwise = arch::to_float(z_row[0]);
+          if constexpr (k_gate_dim == 1) z_headwise = arch::to_float(arch::load_global(z_row));
         }
       }
       float gate_value = 1.0f, gate_sum = 0.0f;
@@ -435,8 +436,8 @@ struct forward_kernel {
         float z[2] = {z_headwise, 0.0f};
         if constexpr (k_gate_dim == HeadDim) {
           if (z_row != nullptr) {
-            z[0] = arch::to_float(z_row[col]);
-            z[1] = arch::to_float(z_row[col + 1]);
+            z[0] = arch::to_float(arch::load_global(z_row + col));
+            z[1] = arch::to_float(arch::load_global(z_row + col + 1));
           }
         }
         const float slice_value = gate_type::forward_row(slice, 2, z);
@@ -444,22 +445,25 @@ struct forward_kernel {
           gate_sum += 2.0f * slice_value;  // exact: forward_row returned (g0 + g1) / 2
         else
           gate_value = slice_value;
-        *reinterpret_cast<std::uint32_t*>(staged + col) = arch::pack2<Element>(slice[0], slice[1]);
+        arch::store_shared(reinterpret_cast<std::uint32_t*>(staged + col),
+                           arch::pack2<Element>(slice[0], slice[1]));
       }
       if constexpr (k_gate_reduction == slice_reduction::channel_mean)
         gate_value = arch::warp_reduce_sum<4>(gate_sum) / static_cast<float>(HeadDim);
 
       if (valid && quad_lane == 0) {
         if (p.lse != nullptr)
-          p.lse[batch * p.lse_stride[0] + h * p.lse_stride[1] + row * p.lse_stride[2]] =
-              rs.lse_full;
+          arch::store_global(
+              p.lse + batch * p.lse_stride[0] + h * p.lse_stride[1] + row * p.lse_stride[2],
+              rs.lse_full);
         if (p.router != nullptr)
-          p.router[batch * p.router_stride[0] + h * p.router_stride[1] + row * p.router_stride[2]] =
-              empty_row ? 0.0f : route_type::router(rs.complement, gate_value);
+          arch::store_global(p.router + batch * p.router_stride[0] + h * p.router_stride[1] +
+                                 row * p.router_stride[2],
+                             empty_row ? 0.0f : route_type::router(rs.complement, gate_value));
         if (p.first_key_mass != nullptr)
-          p.first_key_mass[batch * p.first_key_mass_stride[0] + h * p.first_key_mass_stride[1] +
-                           row * p.first_key_mass_stride[2]] =
-              math::exp_shifted(first_key[r], rs.lse_full);
+          arch::store_global(p.first_key_mass + batch * p.first_key_mass_stride[0] +
+                                 h * p.first_key_mass_stride[1] + row * p.first_key_mass_stride[2],
+                             math::exp_shifted(first_key[r], rs.lse_full));
       }
     }
     arch::sync_warp();  // the warp's staged rows are complete
@@ -469,8 +473,9 @@ struct forward_kernel {
       Element* dst = p.out + batch * p.out_stride[0] +
                      static_cast<index_t>(q_begin + q0 + row_local) * p.out_stride[1] +
                      h * p.out_stride[2] + c * 8;
-      *reinterpret_cast<detail::chunk16*>(dst) =
-          *reinterpret_cast<const detail::chunk16*>(q_smem + row_local * k_row_stride + c * 8);
+      arch::store_global(reinterpret_cast<detail::chunk16*>(dst),
+                         arch::load_shared(reinterpret_cast<const detail::chunk16*>(
+                             q_smem + row_local * k_row_stride + c * 8)));
     }
   }
 };
@@ -481,18 +486,33 @@ struct forward_kernel {
 
 namespace detail {
 
-/// This path reads Q, K, V with 16-byte cp.async and writes out in 16-byte chunks: each row must
-/// start 16-byte aligned (aligned data, B/T/H strides multiples of 8 elements).
+/// Each row of a [B, T, H, D] view must start `bytes`-aligned for the vector accesses of this
+/// path (`what`): aligned data, B/T/H strides multiples of bytes / sizeof(T) elements. A view the
+/// kernels cannot serve is refused here, before a misaligned access could fault on the GPU.
+template <class T>
+void require_aligned_rows(const char* name, const tensor_view<T, 4>& view, std::size_t bytes,
+                          const char* what) {
+  const index_t elements = static_cast<index_t>(bytes / sizeof(T));
+  sinkmoe::detail::require(reinterpret_cast<std::uintptr_t>(view.data) % bytes == 0, name,
+                           ": data must be ", bytes, "-byte aligned for exec::cuda (", what, ")");
+  for (int dim = 0; dim < 3; ++dim) {
+    sinkmoe::detail::require(view.shape[dim] <= 1 || view.stride[dim] % elements == 0, name,
+                             ": stride ", view.stride, " must be a multiple of ", elements,
+                             " elements (", bytes,
+                             " bytes) on the B, T and H dimensions for exec::cuda (", what, ")");
+  }
+}
+
+/// Q, K, V are read with 16-byte cp.async and rows of out, dQ, dK, dV written in 16-byte chunks.
 template <class T>
 void require_rows_16_byte_aligned(const char* name, const tensor_view<T, 4>& view) {
-  sinkmoe::detail::require(reinterpret_cast<std::uintptr_t>(view.data) % 16 == 0, name,
-                           ": data must be 16-byte aligned for exec::cuda (cp.async)");
-  for (int dim = 0; dim < 3; ++dim) {
-    sinkmoe::detail::require(view.shape[dim] <= 1 || view.stride[dim] % 8 == 0, name, ": stride ",
-                             view.stride,
-                             " must be a multiple of 8 elements (16 bytes) on the B, T and H "
-                             "dimensions for exec::cuda");
-  }
+  require_aligned_rows(name, view, 16, "16-byte cp.async and stores");
+}
+
+/// An elementwise gate's d(gate logits) is written two elements at a time (32-bit stores).
+template <class T>
+void require_pairs_4_byte_aligned(const char* name, const tensor_view<T, 4>& view) {
+  require_aligned_rows(name, view, 4, "2-element stores");
 }
 
 template <class T, int R>

@@ -9,6 +9,7 @@
 #include <sinkmoe/cuda/arch/float16.hpp>
 #include <sinkmoe/cuda/arch/geometry.hpp>
 #include <sinkmoe/cuda/arch/index.hpp>
+#include <sinkmoe/cuda/arch/memory.hpp>
 #include <sinkmoe/cuda/blaslt/gelu.hpp>
 
 namespace sinkmoe::blaslt {
@@ -32,10 +33,12 @@ struct gelu_backward_kernel {
                           arch::thread_index().x;
          i < total; i += step) {
       const std::int64_t row = i / p.cols, col = i % p.cols;
-      const float dy = arch::to_float(p.grad_output[row * p.ld_grad_output + col]);
-      const float z = arch::to_float(p.pre_activation[row * p.ld_pre_activation + col]);
-      p.grad_input[row * p.ld_grad_input + col] =
-          arch::from_float<Element>(dy * gelu_tanh_derivative(z));
+      const float dy =
+          arch::to_float(arch::load_global(p.grad_output + row * p.ld_grad_output + col));
+      const float z =
+          arch::to_float(arch::load_global(p.pre_activation + row * p.ld_pre_activation + col));
+      arch::store_global(p.grad_input + row * p.ld_grad_input + col,
+                         arch::from_float<Element>(dy * gelu_tanh_derivative(z)));
     }
   }
 };

@@ -54,7 +54,7 @@ inline constexpr std::size_t k_default_chunk_budget_bytes = std::size_t(256) << 
 /// Byte offsets of the workspace regions of one pass (each 256-byte aligned).
 struct workspace_layout {
   // Chunk buffers, [Hq][rows][ld] or [Hq][rows][D]
-  std::size_t scores = 0, dp = 0, probs = 0, ds = 0, o = 0, d_attn_out = 0;
+  std::size_t scores = 0, dp = 0, probs = 0, ds = 0, o = 0, o_gated = 0, d_attn_out = 0;
   std::size_t dy = 0, y = 0, d_o = 0, z = 0, dz = 0, stats = 0, row_term = 0, key0_term = 0;
   // Whole-problem buffers
   std::size_t dsink_rows = 0, dk_acc = 0, dv_acc = 0;
@@ -90,6 +90,7 @@ inline workspace_layout make_layout(const problem_shape& shape, int chunk_rows, 
   take(w.probs, score_elems * element_bytes);
   if (which == pass::forward) {
     take(w.o, rows * d * sizeof(float));
+    take(w.o_gated, rows * d * sizeof(float));
     take(w.z, rows * dg * sizeof(float));
     take(w.stats, rows * sizeof(row_stats));
   } else {
@@ -340,6 +341,7 @@ void forward(Device& dev, const forward_args<Element>& a, const problem_shape& s
       }
       forward_epilogue_params<Element> ep{};
       ep.o = o;
+      ep.o_scratch = detail::byte_offset<float>(workspace, w.o_gated);
       ep.z_scratch = shape.gate_dim > 0 ? detail::byte_offset<float>(workspace, w.z) : nullptr;
       ep.stats = detail::byte_offset<row_stats>(workspace, w.stats);
       ep.gate_logits = a.gate_logits.data;

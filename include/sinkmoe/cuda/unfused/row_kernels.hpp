@@ -135,9 +135,9 @@ struct forward_rows_kernel {
     // Pass 1: logits (transform, mask) and the row maximum.
     float row_max = neg_inf;
     for (int col = lane; col < c.key_count; col += arch::k_warp_size) {
-      float x = score.transform(s[col]);
+      float x = score.transform(arch::load_global(s + col));
       if (!mask.visible(t, c.key_begin + col)) x = neg_inf;
-      s[col] = x;
+      arch::store_global(s + col, x);
       row_max = math::max(row_max, x);
     }
     row_max = arch::warp_reduce_max(row_max);
@@ -145,12 +145,12 @@ struct forward_rows_kernel {
     float row_sum = 0.0f;
     if (row_max != neg_inf)
       for (int col = lane; col < c.key_count; col += arch::k_warp_size)
-        row_sum += math::exp(s[col] - row_max);
+        row_sum += math::exp(arch::load_global(s + col) - row_max);
     row_sum = arch::warp_reduce_sum(row_sum);
 
     // Vanilla's sink is key 0 (its logit after masking; -inf when hidden or not held).
     float first_key = neg_inf;
-    if (lane == 0 && c.key_begin == 0 && c.key_count > 0) first_key = s[0];
+    if (lane == 0 && c.key_begin == 0 && c.key_count > 0) first_key = arch::load_global(s);
     first_key = arch::shfl_idx(first_key, 0);
     const bool empty_row = row_sum == 0.0f;
     const float lse_keys = empty_row ? neg_inf : row_max + math::log(row_sum);
@@ -163,16 +163,23 @@ struct forward_rows_kernel {
 
     // Pass 3: P = exp(s - lse_full), the sink's share left out (it has no value).
     for (int col = lane; col < c.key_count; col += arch::k_warp_size)
-      prob[col] = arch::from_float<Element>(empty_row ? 0.0f : math::exp(s[col] - rs.lse_full));
-    if (lane == 0)
-      p.stats[row_id] = {rs.lse_full, rs.complement, math::exp_shifted(first_key, rs.lse_full),
-                         empty_row ? 1 : 0};
+      arch::store_global(
+          prob + col, arch::from_float<Element>(
+                          empty_row ? 0.0f : math::exp(arch::load_global(s + col) - rs.lse_full)));
+    if (lane == 0) {
+      arch::store_global(&p.stats[row_id].lse, rs.lse_full);
+      arch::store_global(&p.stats[row_id].complement, rs.complement);
+      arch::store_global(&p.stats[row_id].first_key_mass,
+                         math::exp_shifted(first_key, rs.lse_full));
+      arch::store_global(&p.stats[row_id].empty, empty_row ? 1 : 0);
+    }
   }
 };
 
 template <class Element>
 struct forward_epilogue_params {
-  float* o;          ///< [Hq][rows][D] normalised O (GEMM output); gated in place
+  const float* o;    ///< [Hq][rows][D] normalised O (GEMM output)
+  float* o_scratch;  ///< [Hq][rows][D] O, then gated in place by the gate hook
   float* z_scratch;  ///< [Hq][rows][gate_dim] gate logits as fp32 (null without a gate)
   const row_stats* stats;
   const Element* gate_logits;
@@ -207,23 +214,33 @@ struct forward_epilogue_kernel {
     const int h = row_id / c.rows;
     const int t = c.q0 + row_id % c.rows;
     const int b = c.batch;
-    float* const o_row = p.o + static_cast<index_t>(row_id) * d;
+    // The gate hook works on a copy of the row: the kernel leaves its inputs as they were.
+    const float* const o_in = p.o + static_cast<index_t>(row_id) * d;
+    float* const o_row = p.o_scratch + static_cast<index_t>(row_id) * d;
+    for (int i = 0; i < d; ++i) arch::store_global(o_row + i, arch::load_global(o_in + i));
     float* z = nullptr;
     if constexpr (gate_type::enabled) {
       z = p.z_scratch + static_cast<index_t>(row_id) * dg;
       const Element* z_src = p.gate_logits + p.gate_stride.at(b, t, h);
-      for (int i = 0; i < dg; ++i) z[i] = arch::to_float(z_src[i]);
+      for (int i = 0; i < dg; ++i)
+        arch::store_global(z + i, arch::to_float(arch::load_global(z_src + i)));
     }
+    // (plain accesses of the workspace row inside the hook)
     const float gate_value = gate_type::forward_row(o_row, d, z);
     Element* const out_row = p.out + p.out_stride.at(b, t, h);
-    for (int i = 0; i < d; ++i) out_row[i] = arch::from_float<Element>(o_row[i]);
-    const row_stats st = p.stats[row_id];
-    if (p.lse != nullptr) p.lse[p.lse_stride.at(b, h, t)] = st.lse;
+    for (int i = 0; i < d; ++i)
+      arch::store_global(out_row + i, arch::from_float<Element>(arch::load_global(o_row + i)));
+    const row_stats* st = p.stats + row_id;
+    if (p.lse != nullptr)
+      arch::store_global(p.lse + p.lse_stride.at(b, h, t), arch::load_global(&st->lse));
     if (p.router != nullptr)
-      p.router[p.router_stride.at(b, h, t)] =
-          st.empty ? 0.0f : route_type::router(st.complement, gate_value);
+      arch::store_global(p.router + p.router_stride.at(b, h, t),
+                         arch::load_global(&st->empty) != 0
+                             ? 0.0f
+                             : route_type::router(arch::load_global(&st->complement), gate_value));
     if (p.first_key_mass != nullptr)
-      p.first_key_mass[p.first_key_mass_stride.at(b, h, t)] = st.first_key_mass;
+      arch::store_global(p.first_key_mass + p.first_key_mass_stride.at(b, h, t),
+                         arch::load_global(&st->first_key_mass));
   }
 };
 
@@ -292,7 +309,7 @@ struct backward_rows_kernel {
     const mask_type mask(p.params, p.shape.tq, p.shape.tk);
     const score_type score(p.params, d);
     const bool empty_row = !detail::row_has_visible_key(mask, t);
-    const float lse = p.lse[p.lse_stride.at(b, h, t)];
+    const float lse = arch::load_global(p.lse + p.lse_stride.at(b, h, t));
 
     float sink_score = neg_inf;
     if constexpr (sink_type::has_logit) {
@@ -302,7 +319,9 @@ struct backward_rows_kernel {
         const Element* q_row = p.q + p.q_stride.at(b, t, h);
         const Element* k_row = p.k + p.k_stride.at(b, 0, hk);
         float dot = 0.0f;
-        for (int i = 0; i < d; ++i) dot += arch::to_float(q_row[i]) * arch::to_float(k_row[i]);
+        for (int i = 0; i < d; ++i)
+          dot += arch::to_float(arch::load_global(q_row + i)) *
+                 arch::to_float(arch::load_global(k_row + i));
         sink_score = score.transform(dot);
       }
     }
@@ -317,37 +336,46 @@ struct backward_rows_kernel {
       z = p.z_scratch + static_cast<index_t>(row_id) * dg;
       dz = p.dz_scratch + static_cast<index_t>(row_id) * dg;
       const Element* z_src = p.gate_logits + p.gate_stride.at(b, t, h);
-      for (int i = 0; i < dg; ++i) z[i] = arch::to_float(z_src[i]);
+      for (int i = 0; i < dg; ++i)
+        arch::store_global(z + i, arch::to_float(arch::load_global(z_src + i)));
     }
     const float gate_value = gate_type::router_value(z, d);
-    const float gbar =
-        (p.drouter == nullptr || empty_row) ? 0.0f : p.drouter[p.drouter_stride.at(b, h, t)];
+    const float gbar = (p.drouter == nullptr || empty_row)
+                           ? 0.0f
+                           : arch::load_global(p.drouter + p.drouter_stride.at(b, h, t));
     float gbar_sink, gbar_gate;
     route_type::split(gbar, rs.complement, gate_value, gbar_sink, gbar_gate);
-    const float dlse =
-        (p.dlse == nullptr || !math::is_finite(lse)) ? 0.0f : p.dlse[p.dlse_stride.at(b, h, t)];
+    const float dlse = (p.dlse == nullptr || !math::is_finite(lse))
+                           ? 0.0f
+                           : arch::load_global(p.dlse + p.dlse_stride.at(b, h, t));
 
     const Element* dout_row = p.dout + p.dout_stride.at(b, t, h);
     const Element* out_row = p.out + p.out_stride.at(b, t, h);
     float delta = 0.0f;
     for (int i = 0; i < d; ++i) {
-      dy[i] = arch::to_float(dout_row[i]);
-      y[i] = arch::to_float(out_row[i]);
-      delta += dy[i] * y[i];  // sum_c dO_c O_c = sum_c dY_c Y_c for every gate
+      const float dy_i = arch::to_float(arch::load_global(dout_row + i));
+      const float y_i = arch::to_float(arch::load_global(out_row + i));
+      arch::store_global(dy + i, dy_i);
+      arch::store_global(y + i, y_i);
+      delta += dy_i * y_i;  // sum_c dO_c O_c = sum_c dY_c Y_c for every gate
     }
+    // The gate hook works on the fp32 rows (plain accesses of the workspace rows).
     gate_type::backward_row(dy, y, d_o, d, z, gbar_gate, dz);
     Element* const d_attn_out = p.d_attn_out + static_cast<index_t>(row_id) * d;
-    for (int i = 0; i < d; ++i) d_attn_out[i] = arch::from_float<Element>(d_o[i]);
+    for (int i = 0; i < d; ++i)
+      arch::store_global(d_attn_out + i, arch::from_float<Element>(arch::load_global(d_o + i)));
     if constexpr (gate_type::enabled) {
       Element* dz_dst = p.dgate_logits + p.dgate_stride.at(b, t, h);
-      for (int i = 0; i < dg; ++i) dz_dst[i] = arch::from_float<Element>(dz[i]);
+      for (int i = 0; i < dg; ++i)
+        arch::store_global(dz_dst + i, arch::from_float<Element>(arch::load_global(dz + i)));
     }
-    p.row_term[row_id] = sink::row_term(delta, gbar_sink, rs.mass, dlse);
-    p.key0_term[row_id] = sink_type::first_key_is_sink ? gbar_sink * rs.mass : 0.0f;
+    arch::store_global(p.row_term + row_id, sink::row_term(delta, gbar_sink, rs.mass, dlse));
+    arch::store_global(p.key0_term + row_id,
+                       sink_type::first_key_is_sink ? gbar_sink * rs.mass : 0.0f);
     if constexpr (sink_type::trainable)
-      p.dsink_rows[static_cast<index_t>(h) * p.shape.batch * p.shape.tq +
-                   static_cast<index_t>(b) * p.shape.tq + t] =
-          sink::logit_grad(delta, gbar_sink, rs.mass, rs.complement, dlse);
+      arch::store_global(p.dsink_rows + static_cast<index_t>(h) * p.shape.batch * p.shape.tq +
+                             static_cast<index_t>(b) * p.shape.tq + t,
+                         sink::logit_grad(delta, gbar_sink, rs.mass, rs.complement, dlse));
   }
 };
 
@@ -386,20 +414,20 @@ struct backward_scores_kernel {
     const int t = c.q0 + row_id % c.rows;
     const mask_type mask(p.params, p.shape.tq, p.shape.tk);
     const score_type score(p.params, p.shape.head_dim);
-    const float lse = p.lse[p.lse_stride.at(c.batch, h, t)];
-    const float row_term = p.row_term[row_id];
-    const float key0_term = p.key0_term[row_id];
+    const float lse = arch::load_global(p.lse + p.lse_stride.at(c.batch, h, t));
+    const float row_term = arch::load_global(p.row_term + row_id);
+    const float key0_term = arch::load_global(p.key0_term + row_id);
     const index_t at = static_cast<index_t>(row_id) * c.ld;
     for (int col = lane; col < c.key_count; col += arch::k_warp_size) {
       const int j = c.key_begin + col;
-      const float raw = p.scores[at + col];
+      const float raw = arch::load_global(p.scores + at + col);
       const float prob = mask.visible(t, j) ? math::exp(score.transform(raw) - lse) : 0.0f;
-      float ds = prob * (p.dp[at + col] - row_term);
+      float ds = prob * (arch::load_global(p.dp + at + col) - row_term);
       if constexpr (sink_type::first_key_is_sink)
         if (j == 0 && prob != 0.0f) ds -= key0_term;
       ds *= score.derivative(raw);
-      p.probs[at + col] = arch::from_float<Element>(prob);
-      p.ds[at + col] = arch::from_float<Element>(ds);
+      arch::store_global(p.probs + at + col, arch::from_float<Element>(prob));
+      arch::store_global(p.ds + at + col, arch::from_float<Element>(ds));
     }
   }
 };
@@ -424,14 +452,18 @@ struct dsinks_kernel {
     float* const partial = arch::dynamic_smem<float>();
     const float* rows = p.dsink_rows + static_cast<index_t>(h) * p.count;
     float sum = 0.0f;
-    for (index_t i = rank; i < p.count; i += k_reduce_threads) sum += rows[i];
-    partial[rank] = sum;
+    for (index_t i = rank; i < p.count; i += k_reduce_threads) sum += arch::load_global(rows + i);
+    arch::store_shared(partial + rank, sum);
     arch::sync_block();
     for (int half = k_reduce_threads / 2; half > 0; half /= 2) {
-      if (rank < half) partial[rank] += partial[rank + half];
+      if (rank < half)
+        arch::store_shared(partial + rank, arch::load_shared(partial + rank) +
+                                               arch::load_shared(partial + rank + half));
       arch::sync_block();
     }
-    if (rank == 0) p.dsinks[static_cast<index_t>(h) * p.dsinks_stride] = partial[0];
+    if (rank == 0)
+      arch::store_global(p.dsinks + static_cast<index_t>(h) * p.dsinks_stride,
+                         arch::load_shared(partial));
   }
 };
 
@@ -456,7 +488,7 @@ struct zero_matrix_kernel {
                      arch::thread_rank();
          i < total; i += step) {
       const index_t col = i % p.cols, row = (i / p.cols) % p.rows, b = i / p.cols / p.rows;
-      p.d[b * p.batch_stride + row * p.ld + col] = arch::from_float<T>(0.0f);
+      arch::store_global(p.d + b * p.batch_stride + row * p.ld + col, arch::from_float<T>(0.0f));
     }
   }
 };
@@ -479,7 +511,8 @@ struct store_accumulator_kernel {
                      arch::thread_rank();
          i < total; i += step) {
       const index_t col = i % p.head_dim, j = (i / p.head_dim) % p.tk, hk = i / p.head_dim / p.tk;
-      p.dst[p.dst_stride.at(p.batch, j, hk) + col] = arch::from_float<Element>(p.acc[i]);
+      arch::store_global(p.dst + p.dst_stride.at(p.batch, j, hk) + col,
+                         arch::from_float<Element>(arch::load_global(p.acc + i)));
     }
   }
 };
