@@ -371,7 +371,10 @@ struct evaluate_kernel {
         arch::store_global(ws.token_grad + row + h,
                            tokens > 0 ? static_cast<float>(grad / tokens) : 0.0f);
       }
-      arch::sync_warp();  // the next layer reuses this warp's shared memory
+      // No sync_warp here: the next layer reuses this warp's shared memory, but a lane rewrites
+      // only its own importance and flag slots before the next sync_warp, and lane 0 rewrites
+      // the scalars only after two more (the mutation test found the barrier that stood here
+      // redundant).
     }
     arch::sync_block();
     if (arch::thread_rank() == 0) {

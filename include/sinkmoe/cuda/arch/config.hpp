@@ -1,5 +1,5 @@
 #pragma once
-// Which implementation of the primitive layer (design.md section 6) this translation unit gets.
+// Which implementation of the primitive layer (docs/emulation.md) this translation unit gets.
 //
 // The fused kernels are written only against sinkmoe::arch (thread and block indices, dynamic
 // shared memory, barriers, warp shuffles, ldmatrix, mma.sync, cp.async). The layer has two

@@ -38,6 +38,19 @@ namespace sinkmoe::arch {
 #if !SINKMOE_ARCH_DEVICE
 namespace emu {
 
+/// Retires all but the `keep` youngest committed groups of the calling thread (their copies land
+/// now); `primitive` names the call in the census, where a mutation may keep one group more.
+inline void retire_groups(std::size_t keep, const char* primitive, const site& at) {
+  block_state& b = current_block();
+  thread_state& t = current_thread();
+  b.stats->add_site(b.kernel, primitive, at);
+  if (mutated(b, mutation::kind::retire_fewer, at)) ++keep;  // "retire one group fewer"
+  while (t.committed.size() > keep) {
+    perform(b, t, t.committed.front());
+    t.committed.pop_front();
+  }
+}
+
 /// Records one 16-byte copy (src null: zero fill) after checking its addresses.
 inline void record_copy(void* smem_dst, const void* gmem_src, bool fill_zero, const site& at) {
   block_state& b = current_block();
@@ -103,16 +116,7 @@ SINKMOE_ARCH_FN void cp_async_wait_group(site at = site::current()) {
   (void)at;
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #else
-  emu::block_state& b = emu::current_block();
-  emu::thread_state& t = emu::current_thread();
-  b.stats->add_site(b.kernel, "cp_async_wait_group", at);
-  // A mutation test's "retire one group fewer" defect.
-  const std::size_t keep =
-      static_cast<std::size_t>(N) + (emu::mutated(b, mutation::kind::retire_fewer, at) ? 1 : 0);
-  while (t.committed.size() > keep) {
-    emu::perform(b, t, t.committed.front());
-    t.committed.pop_front();
-  }
+  emu::retire_groups(static_cast<std::size_t>(N), "cp_async_wait_group", at);
 #endif
 }
 
@@ -123,7 +127,7 @@ SINKMOE_ARCH_FN void cp_async_wait_all(site at = site::current()) {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 #else
   cp_async_commit_group();
-  cp_async_wait_group<0>(at);
+  emu::retire_groups(0, "cp_async_wait_all", at);
 #endif
 }
 

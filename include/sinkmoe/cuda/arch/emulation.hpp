@@ -18,7 +18,8 @@
 //     them, and the numerics of fp32 accumulation (to a reordering);
 //   - no shared-memory race: no two accesses of different threads to a byte, one a write, in
 //     the same barrier epoch without a sync_warp (same warp) or a warp collective ordering them
-//     (every sync_block whose deletion creates such a pair is reported);
+//     (every sync_block whose deletion creates such a pair is reported); no read or store of a
+//     global byte another thread of the block stored in the same epoch;
 //   - the cp.async protocol: no access to a destination before the wait_group that retires it
 //     (other threads: before the sync_block after it), no refill of a stage another thread may
 //     still read; no read of shared bytes nobody wrote;
@@ -27,10 +28,11 @@
 //   - every global access through the layer aligned to its width, inside the tensors the launch
 //     registered, stores only into outputs and workspaces.
 // What it does not prove: the GPU's memory ordering across blocks (blocks run one after
-// another) or across the grid, races on global memory, accesses that bypass the primitive
-// layer, bank conflicts, register pressure or spills, occupancy, speed, and anything of the
-// driver (launch limits beyond those it checks, streams, graphs). Those are checked on a real
-// GPU: compute-sanitizer memcheck and racecheck and the benchmarks in bench/device_check.sh.
+// another) or across the grid, a global read followed by another thread's store (write after
+// read), accesses that bypass the primitive layer (plain pointers in policy hooks), bank conflicts,
+// register pressure or spills, occupancy, speed, and anything of the driver (launch limits beyond
+// those it checks, streams, graphs). Those are checked on a real GPU: compute-sanitizer memcheck
+// and racecheck and the benchmarks in bench/device_check.sh.
 
 #if defined(__CUDACC__)
 #error "sinkmoe/cuda/arch/emulation.hpp is the host (g++) emulation; nvcc uses the device layer"

@@ -1,6 +1,6 @@
 #pragma once
 // 16-bit floating-point element types of the fused kernels (bf16, fp16) and their conversions,
-// usable in both builds of the primitive layer (design.md section 6).
+// usable in both builds of the primitive layer (docs/emulation.md).
 //
 // Under nvcc, arch::bf16 and arch::fp16 are __nv_bfloat16 and __half and the conversions are
 // the toolkit's (host and device). Without nvcc (the host emulation, or any g++ code that only

@@ -1,6 +1,6 @@
 #pragma once
 // Thread, block, warp and lane indices of the calling thread: the layer's replacement for
-// threadIdx, blockIdx, blockDim and gridDim (design.md section 6), so that the same kernel code
+// threadIdx, blockIdx, blockDim and gridDim (docs/emulation.md), so that the same kernel code
 // runs on the GPU and in the host emulation.
 
 #include <sinkmoe/cuda/arch/config.hpp>

@@ -1,5 +1,5 @@
 #pragma once
-// GPU entry points for kernels written against the primitive layer (design.md section 6).
+// GPU entry points for kernels written against the primitive layer (docs/emulation.md).
 //
 // A kernel is a stateless function object whose call operator is SINKMOE_DEVICE (a template
 // if it likes): the same object runs on the GPU through kernel_entry below, and in the host

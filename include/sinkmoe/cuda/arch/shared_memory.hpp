@@ -1,5 +1,5 @@
 #pragma once
-// The block's dynamic shared memory, the only shared memory kernels use (design.md section 6):
+// The block's dynamic shared memory, the only shared memory kernels use (docs/emulation.md):
 // static __shared__ arrays have no per-block storage in the host emulation, so tiles are carved
 // out of this one buffer, whose size the launch gives.
 

@@ -1,5 +1,5 @@
 #pragma once
-// Warp shuffles and the warp reductions built on them (design.md section 6): the row max and
+// Warp shuffles and the warp reductions built on them (docs/emulation.md): the row max and
 // row sum of the online softmax reduce across the 4 lanes that share a row of an mma
 // accumulator (Width = 4), and full-warp reductions serve the row kernels.
 //

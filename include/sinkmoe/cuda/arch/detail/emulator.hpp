@@ -56,6 +56,7 @@
 #include <tuple>
 #include <type_traits>
 #include <typeinfo>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -153,6 +154,7 @@ struct mutation {
   kind what = kind::skip_sync_block;
   std::string file;
   unsigned line = 0;
+  std::string kernel;  ///< only in kernels whose demangled name contains this (empty: all)
 };
 
 /// Printable form of a call site: "file:line (function)".
@@ -326,6 +328,7 @@ struct block_state {
   std::vector<warp_state> warps;
   std::vector<thread_state> threads;
   std::vector<journal_entry> journal;
+  std::unordered_map<std::uintptr_t, access_record> global_writes;  ///< this run's global stores
   launch_checks checks;
   emulation_stats* stats = nullptr;
   std::exception_ptr failure;
@@ -374,6 +377,7 @@ inline bool mutated(const block_state& b, mutation::kind what, const site& at) {
   if (b.checks.mutations == nullptr) return false;
   for (const mutation& m : *b.checks.mutations) {
     if (m.what != what || m.line != at.line()) continue;
+    if (!m.kernel.empty() && b.kernel.find(m.kernel) == std::string::npos) continue;
     const std::string_view file = at.file_name();
     if (file.size() >= m.file.size() && file.substr(file.size() - m.file.size()) == m.file)
       return true;
@@ -753,6 +757,7 @@ inline emulation_stats run_grid(const grid_launch& l, kernel_ref kernel) {
         for (std::size_t si = 0; si < l.schedules->size(); ++si) {
           std::memset(smem, 0xff, smem_alloc);
           b.journal.clear();
+          b.global_writes.clear();
           emulation_stats repeat;  // the counts of the first run are the launch's
           b.stats = si == 0 ? &stats : &repeat;
           t_block = &b;

@@ -22,11 +22,14 @@
 // Global memory (load_global / store_global, cp.async sources): every access must be aligned to
 // its width (a 16-byte vector to 16 bytes), must not point into shared memory, and, when the
 // launch registered the tensors it may touch (emulator::globals), must lie inside one of them,
-// stores inside a writable one. Stores are journaled per block run, so that a block can be run
-// again in another thread order from the same memory and the stored bytes compared.
+// stores inside a writable one. Within a block, a read or store of a byte another thread stored
+// in the same barrier epoch is a race, as for shared memory. Stores are journaled per block run,
+// so that a block can be run again in another thread order from the same memory and the stored
+// bytes compared.
 //
 // What stays unchecked: accesses that bypass the primitive layer (plain pointer dereferences),
-// races on global memory, and memory ordering between blocks (they run one after another).
+// global reads followed by another thread's store (write after read), and memory ordering
+// between blocks (they run one after another).
 
 #include <algorithm>
 #include <bit>
@@ -271,6 +274,32 @@ inline void global_access(block_state& b, unsigned rank, const void* p, std::siz
         << hit->name << " (byte offset " << c - static_cast<const std::byte*>(hit->data)
         << "), which the launch only reads";
       fail(s.str());
+    }
+  }
+  // Threads of a block that pass data through global memory need a barrier too: a read of a byte
+  // another thread stored in this run, or a second store, with no sync_block (or sync_warp in
+  // the same warp) between them is a race. (Reads then stores, write after read, are not
+  // tracked for global memory.)
+  if (store || !b.global_writes.empty()) {
+    const unsigned warp = rank / k_warp_size;
+    const std::uint16_t warp_epoch = b.warps[warp].sync_epoch;
+    const access_record mine{at, b.epoch, warp_epoch, static_cast<std::uint16_t>(rank), 0};
+    for (std::size_t i = 0; i < bytes; ++i) {
+      const auto address = reinterpret_cast<std::uintptr_t>(c + i);
+      const auto found = b.global_writes.find(address);
+      if (found != b.global_writes.end() &&
+          !ordered(found->second, rank, warp_epoch, false, b.epoch)) {
+        std::ostringstream s;
+        s << "global-memory race in " << where(b) << " at address "
+          << static_cast<const void*>(c + i) << locate(b, c + i) << ": written by "
+          << who(found->second.thread) << " at " << describe(found->second.where) << ", then "
+          << (store ? "written" : "read") << " by " << who(rank) << " at " << describe(at)
+          << (found->second.thread / k_warp_size == warp
+                  ? ", with no sync_warp or sync_block between"
+                  : ", with no sync_block between (different warps)");
+        fail(s.str());
+      }
+      if (store) b.global_writes[address] = mine;
     }
   }
   if (store) {
