@@ -33,6 +33,9 @@ bool all_entries() {
   using k = fused::backward_kernels<Attn, Element, HeadDim>;
   return entry<typename k::preprocess, Element>() != nullptr &&
          entry<typename k::dkdv, Element>() != nullptr &&
+         reinterpret_cast<const void*>(
+             arch::entry_point<typename k::dkdv_reduce, fused::backward_params<Element>,
+                               float>()) != nullptr &&
          entry<typename k::dq, Element>() != nullptr &&
          entry<typename k::dsink, Element>() != nullptr;
 }

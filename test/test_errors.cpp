@@ -1233,6 +1233,7 @@ struct sink_with_double_logit {
 // Gates.
 struct good_gate {
   static constexpr bool enabled = true;
+  static constexpr sinkmoe::slice_router slices = sinkmoe::slice_router::row_value;
   static constexpr int logit_dim(int) { return 1; }
   template <class F>
   static F forward_row(F*, int, const F*) {
@@ -1247,6 +1248,7 @@ struct good_gate {
 };
 struct gate_without_backward {
   static constexpr bool enabled = true;
+  static constexpr sinkmoe::slice_router slices = sinkmoe::slice_router::row_value;
   static constexpr int logit_dim(int) { return 1; }
   template <class F>
   static F forward_row(F*, int, const F*) {
@@ -1259,6 +1261,7 @@ struct gate_without_backward {
 };
 struct gate_with_void_forward {
   static constexpr bool enabled = true;
+  static constexpr sinkmoe::slice_router slices = sinkmoe::slice_router::row_value;
   static constexpr int logit_dim(int) { return 1; }
   template <class F>
   static void forward_row(F*, int, const F*) {}
@@ -1269,7 +1272,22 @@ struct gate_with_void_forward {
   template <class F>
   static void backward_row(const F*, const F*, F*, int, const F*, F, F*) {}
 };
+struct gate_without_slices {
+  static constexpr bool enabled = true;
+  static constexpr int logit_dim(int) { return 1; }
+  template <class F>
+  static F forward_row(F*, int, const F*) {
+    return F(1);
+  }
+  template <class F>
+  static F router_value(const F*, int) {
+    return F(1);
+  }
+  template <class F>
+  static void backward_row(const F*, const F*, F*, int, const F*, F, F*) {}
+};
 struct gate_without_enabled {
+  static constexpr sinkmoe::slice_router slices = sinkmoe::slice_router::row_value;
   static constexpr int logit_dim(int) { return 1; }
   template <class F>
   static F forward_row(F*, int, const F*) {
@@ -1366,6 +1384,7 @@ static_assert(!sm::sink_policy<user::sink_logit_and_first_key>);
 static_assert(!sm::sink_policy<user::sink_without_trainable>);
 static_assert(!sm::sink_policy<user::sink_with_double_logit>);
 static_assert(!sm::gate_policy<user::gate_without_backward>);
+static_assert(!sm::gate_policy<user::gate_without_slices>);
 static_assert(!sm::gate_policy<user::gate_with_void_forward>);
 static_assert(!sm::gate_policy<user::gate_without_enabled>);
 static_assert(!sm::route_policy<user::route_without_split>);

@@ -145,13 +145,19 @@ BOOST_AUTO_TEST_CASE(interior_tiles_classified_partial_are_masked) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Skipped tiles: the mma.sync count of the backward launches is (visited tile pairs) x 4 warps x
-// (dK/dV: S^T, dP^T, dV, dK = 4 x 32 at HeadDim 64; dQ: S, dP, dQ = 3 x 32), with the visited
-// pairs counted by hand
+// Skipped tiles: the mma.sync count of the backward launches is, at HeadDim 64 (fused/traits.hpp),
+//   dK/dV: (visited (64-query item, 128-key block) pairs) x 4 warps x 256 (S^T, dP^T, dV, dK,
+//          each 4 x 32 for a warp's 2 blocks of 16 keys over two 32-query passes)
+//   dQ:    (visited (64-query, 64-key) tile pairs) x 4 warps x 96 (S, dP, dQ: 3 x 32)
+// with the visited pairs counted by hand
 // ---------------------------------------------------------------------------------------------
 
 BOOST_AUTO_TEST_CASE(empty_tiles_are_skipped) {
-  constexpr std::uint64_t per_pair = 4 * (4 * 32 + 3 * 32);  // 4 warps
+  static_assert(sinkmoe::fused::dkdv_traits<64>::block_k == 128 &&
+                sinkmoe::fused::dkdv_traits<64>::block_q == 64 &&
+                sinkmoe::fused::dq_traits<64>::block_q == 64 &&
+                sinkmoe::fused::dq_traits<64>::block_k == 64);
+  constexpr std::uint64_t per_item = 4 * 256, per_dq_pair = 4 * 96;
   const auto count = [](auto attn_tag, fc::case_spec spec) {
     using attn = decltype(attn_tag);
     const fc::problem pb =
@@ -160,15 +166,20 @@ BOOST_AUTO_TEST_CASE(empty_tiles_are_skipped) {
     const auto ct = fc::make_cotangents<bf16>(pb, spec.seed);
     return fc::run_backward_kernels<attn, 64, bf16>(pb, ct).backward_stats.mma;
   };
-  // Causal, Tq = Tk = 192: query tile i sees key tiles 0..i: 1 + 2 + 3 pairs.
+  // Causal, Tq = Tk = 192: dQ, query tile i sees key tiles 0..i: 1 + 2 + 3 pairs; dK/dV, key
+  // block 0 is seen by query tiles 0-2, block 1 (keys 128-191) by query tile 2: 3 + 1 items.
   BOOST_TEST(count(attention<sink::none, gate::none, mask::causal>{},
-                   fc::dense(1, 192, 192, 1, 1)) == 6 * per_pair);
-  // Sliding window 64, Tq = Tk = 256: tiles i-1 and i: 1 + 2 + 2 + 2.
+                   fc::dense(1, 192, 192, 1, 1)) == 6 * per_dq_pair + 4 * per_item);
+  // Sliding window 64, Tq = Tk = 256: dQ, tiles i-1 and i: 1 + 2 + 2 + 2; dK/dV, key block 0
+  // by query tiles 0-2, block 1 by 2-3: 3 + 2.
   BOOST_TEST(count(attention<sink::learned, gate::none, mask::sliding_window>{},
-                   fc::dense(1, 256, 256, 1, 1, false, 64, 0, 0.0)) == 7 * per_pair);
-  // Streaming, window 64, 4 sink tokens: 1 + 2 + 3 + 3.
+                   fc::dense(1, 256, 256, 1, 1, false, 64, 0, 0.0)) ==
+             7 * per_dq_pair + 5 * per_item);
+  // Streaming, window 64, 4 sink tokens: dQ 1 + 2 + 3 + 3 (key tile 0 holds the sink tokens);
+  // dK/dV, key block 0 by every query tile, block 1 by 2-3: 4 + 2.
   BOOST_TEST(count(attention<sink::fixed, gate::headwise, mask::streaming>{},
-                   fc::dense(1, 256, 256, 1, 1, false, 64, 4, 5.0)) == 9 * per_pair);
+                   fc::dense(1, 256, 256, 1, 1, false, 64, 4, 5.0)) ==
+             9 * per_dq_pair + 6 * per_item);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,20 +274,20 @@ BOOST_AUTO_TEST_CASE(misaligned_elementwise_dgate_is_rejected) {
 BOOST_AUTO_TEST_CASE(workspace_too_small_is_rejected) {
   small_problem p;
   const sinkmoe::problem_shape shape = vanilla_causal::validate(p.args, p.g);
-  const auto layout = sinkmoe::fused::backward_workspace<vanilla_causal, bf16>(shape, 8);
+  const auto layout = sinkmoe::fused::backward_workspace<vanilla_causal, bf16>(shape, 8, 8);
   BOOST_TEST(layout.total_bytes > 0u);
   alignas(256) static unsigned char storage[4096];
   BOOST_TEST_REQUIRE(layout.total_bytes <= sizeof(storage));
   BOOST_TEST(throws_naming(
       [&] {
-        sinkmoe::fused::make_backward_params<vanilla_causal>(p.args, p.g, shape, 8, storage,
-                                                             layout.total_bytes - 1);
+        sinkmoe::fused::make_backward_params<vanilla_causal>(p.args, p.g, shape, layout, 8, 8,
+                                                             storage, layout.total_bytes - 1);
       },
       {"workspace", "needed"}));
   BOOST_TEST(throws_naming(
       [&] {
-        sinkmoe::fused::make_backward_params<vanilla_causal>(p.args, p.g, shape, 8, storage + 16,
-                                                             layout.total_bytes);
+        sinkmoe::fused::make_backward_params<vanilla_causal>(p.args, p.g, shape, layout, 8, 8,
+                                                             storage + 16, layout.total_bytes);
       },
       {"workspace", "256-byte aligned"}));
 }

@@ -150,9 +150,13 @@ namespace {
 
 using sinkmoe::testing::holey_causal;
 
-/// mma.sync per visited key tile and warp at HeadDim 64: S = Q K^T is 4 d-steps x 8 n-tiles, O
-/// += P V is 4 key steps x 8 n-tiles.
-constexpr std::uint64_t k_mma_per_tile_and_warp = 4 * 8 + 4 * 8;
+/// mma.sync per visited (query tile, key tile) pair and warp at HeadDim 64, where a warp owns 2
+/// blocks of 16 rows (fused/traits.hpp): S = Q K^T is 4 d-steps x 8 n-tiles, O += P V 4 key
+/// steps x 8 n-tiles, each for both row blocks.
+constexpr std::uint64_t k_mma_per_tile_and_warp = 2 * (4 * 8 + 4 * 8);
+static_assert(sinkmoe::fused::forward_traits<64>::m_tiles == 2 &&
+              sinkmoe::fused::forward_traits<64>::block_q == 128 &&
+              sinkmoe::fused::forward_traits<64>::block_k == 64);
 
 }  // namespace
 
@@ -168,34 +172,43 @@ BOOST_AUTO_TEST_CASE(interior_tiles_classified_partial_are_masked) {
 }
 
 // Only tiles the mask does not classify as empty are visited: the number of mma.sync the
-// emulation counts is (visited tiles) x 4 warps x 64, with the visited tiles counted by hand.
+// emulation counts is (visited tile pairs) x 4 warps x 128, with the pairs counted by hand
+// (query tiles of 128 rows, key tiles of 64).
 BOOST_AUTO_TEST_CASE(empty_tiles_are_skipped) {
   const auto mma_count = [](const fc::case_result& r) { return r.stats.mma; };
   const std::uint64_t per_tile = 4 * k_mma_per_tile_and_warp;  // B = 1, Hq = 1
   {
-    // Causal, Tq = Tk = 192: query tile i sees key tiles 0..i: 1 + 2 + 3.
+    // Causal, Tq = Tk = 192: query tile 0 (rows 0-127) sees key tiles 0, 1; query tile 1 (rows
+    // 128-191) key tiles 0, 1, 2: 2 + 3.
     using attn = attention<sink::none, gate::none, mask::causal>;
     fc::case_spec s = fc::dense(1, 192, 192, 1, 1);
     s.seed = 71000;
     BOOST_TEST(mma_count(fc::run_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s))) ==
-               6 * per_tile);
+               5 * per_tile);
   }
   {
-    // Sliding window 64, Tq = Tk = 256: query tile i sees key tiles i-1 and i: 1 + 2 + 2 + 2.
+    // Sliding window 64, Tq = Tk = 256: query tile 0 sees key tiles 0, 1; query tile 1 (keys
+    // 65..255) tiles 1, 2, 3: 2 + 3; key tile 0 is skipped.
     using attn = attention<sink::learned, gate::none, mask::sliding_window>;
     fc::case_spec s = fc::dense(1, 256, 256, 1, 1, false, 64, 0, 0.0);
     s.seed = 71100;
     BOOST_TEST(mma_count(fc::run_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s))) ==
-               7 * per_tile);
+               5 * per_tile);
   }
   {
-    // Streaming, window 64 and 4 sink tokens, Tq = Tk = 256: query tile 3 sees key tile 0
-    // (the sink tokens; partial inside the row range), 2 and 3: 1 + 2 + 3 + 3.
+    // Streaming, window 64 and 4 sink tokens, Tq = Tk = 256: query tile 0 sees key tiles 0, 1;
+    // query tile 1 sees key tile 0 (the sink tokens), 1, 2 and 3: 2 + 4. With a window of 8 and
+    // Tq = Tk = 384, query tile 2 (rows 256-383) sees the sink tile 0 and tiles 3, 4, 5 and skips
+    // tiles 1 and 2: 2 + 4 + 4.
     using attn = attention<sink::fixed, gate::none, mask::streaming>;
     fc::case_spec s = fc::dense(1, 256, 256, 1, 1, false, 64, 4, 5.0);
     s.seed = 71200;
     BOOST_TEST(mma_count(fc::run_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s))) ==
-               9 * per_tile);
+               6 * per_tile);
+    s = fc::dense(1, 384, 384, 1, 1, false, 8, 4, 5.0);
+    s.seed = 71300;
+    BOOST_TEST(mma_count(fc::run_case<attn, 64, bf16>(s, fc::describe<attn, 64, bf16>(s))) ==
+               10 * per_tile);
   }
 }
 

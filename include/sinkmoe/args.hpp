@@ -56,7 +56,7 @@ struct problem_shape {
   int kv_heads = 0;  ///< Hkv
   int head_dim = 0;  ///< D
   int gate_dim = 0;  ///< gate logits per row and head: 0, 1 or D
-  [[nodiscard]] constexpr int group_size() const { return q_heads / kv_heads; }
+  [[nodiscard]] SINKMOE_HD constexpr int group_size() const { return q_heads / kv_heads; }
 };
 
 /// One sequence of a (possibly variable-length) batch: where its rows sit in the tensors.

@@ -37,6 +37,13 @@ struct varlen_batch {
   const std::int32_t* cu_seqlens_q = nullptr;
   const std::int32_t* cu_seqlens_k = nullptr;
   int num_seqs = 0;
+  /// The longest query and key sequence (FlashAttention's max_seqlen_q / max_seqlen_k); 0: not
+  /// given. Where the offsets are host pointers they are checked against these. On exec::cuda,
+  /// giving both makes a call copy nothing to the host and never synchronise (a CUDA graph can
+  /// capture it): the offsets are then not validated on the host; the kernels clamp them to the
+  /// tensors and these lengths, so wrong offsets give wrong results but no access outside.
+  int max_seqlen_q = 0;
+  int max_seqlen_k = 0;
   [[nodiscard]] constexpr bool enabled() const { return cu_seqlens_q != nullptr; }
 };
 

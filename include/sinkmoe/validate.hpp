@@ -46,24 +46,41 @@ void check_optional(const char* name, const tensor_view<T, R>& view,
   if (!view.empty()) require_shape(name, view, expected);
 }
 
-inline void check_varlen(const varlen_batch& vl, index_t total_q, index_t total_k) {
+/// What validation may read of a varlen batch's offsets.
+enum class offsets : std::uint8_t {
+  readable,  ///< host pointers: every offset is checked
+  trusted,   ///< device pointers with max_seqlen_q / max_seqlen_k given: not read (exec::cuda)
+};
+
+inline void check_varlen(const varlen_batch& vl, index_t total_q, index_t total_k,
+                         offsets what = offsets::readable) {
   require(vl.cu_seqlens_k != nullptr, "varlen.cu_seqlens_k is null while cu_seqlens_q is set");
   require(vl.num_seqs >= 1, "varlen.num_seqs = ", vl.num_seqs, ": must be >= 1");
-  const auto check_offsets = [&](const std::int32_t* cu, const char* name, index_t total) {
+  require(vl.max_seqlen_q >= 0 && vl.max_seqlen_k >= 0 && vl.max_seqlen_q <= total_q &&
+              vl.max_seqlen_k <= total_k,
+          "varlen.max_seqlen_q = ", vl.max_seqlen_q, ", max_seqlen_k = ", vl.max_seqlen_k,
+          ": must be in [0, rows of the tensor] (", total_q, " query, ", total_k, " key rows)");
+  if (what == offsets::trusted) return;
+  const auto check_offsets = [&](const std::int32_t* cu, const char* name, index_t total,
+                                 int longest) {
     require(cu[0] == 0, name, "[0] = ", cu[0], ": must be 0");
-    for (int s = 0; s < vl.num_seqs; ++s)
+    for (int s = 0; s < vl.num_seqs; ++s) {
       require(cu[s + 1] >= cu[s], name, " decreases at index ", s + 1, " (", cu[s], " -> ",
               cu[s + 1], ")");
+      require(longest == 0 || cu[s + 1] - cu[s] <= longest, name, ": sequence ", s, " has ",
+              cu[s + 1] - cu[s], " rows, more than the given max_seqlen ", longest);
+    }
     require(cu[vl.num_seqs] == total, name, "[num_seqs] = ", cu[vl.num_seqs],
             ", but the tensor holds ", total, " rows");
   };
-  check_offsets(vl.cu_seqlens_q, "varlen.cu_seqlens_q", total_q);
-  check_offsets(vl.cu_seqlens_k, "varlen.cu_seqlens_k", total_k);
+  check_offsets(vl.cu_seqlens_q, "varlen.cu_seqlens_q", total_q, vl.max_seqlen_q);
+  check_offsets(vl.cu_seqlens_k, "varlen.cu_seqlens_k", total_k, vl.max_seqlen_k);
 }
 
 /// Validates forward arguments against the policies; returns the problem sizes.
 template <class Sink, class Gate, class Mask, class Score, class T>
-problem_shape validate_forward(const forward_args<T>& a) {
+problem_shape validate_forward(const forward_args<T>& a,
+                               offsets varlen_offsets = offsets::readable) {
   require(!a.q.empty() || a.q.numel() == 0, "forward_args.q is required but empty (null data)");
   const index_t batch = a.q.shape[0], tq = a.q.shape[1], hq = a.q.shape[2], d = a.q.shape[3];
   require(batch >= 1 && tq >= 0 && hq >= 1 && d >= 1, "forward_args.q: shape ", a.q.shape,
@@ -108,7 +125,7 @@ problem_shape validate_forward(const forward_args<T>& a) {
   if (a.varlen.enabled()) {
     require(batch == 1, "forward_args.q: B = ", batch,
             " with varlen; variable-length batches use B = 1 and cu_seqlens");
-    check_varlen(a.varlen, tq, tk);
+    check_varlen(a.varlen, tq, tk, varlen_offsets);
     shape.num_seqs = a.varlen.num_seqs;
   } else {
     require(a.varlen.cu_seqlens_k == nullptr,
@@ -119,8 +136,9 @@ problem_shape validate_forward(const forward_args<T>& a) {
 
 /// Validates backward arguments (and the forward arguments they refer to).
 template <class Sink, class Gate, class Mask, class Score, class T>
-problem_shape validate_backward(const forward_args<T>& a, const backward_args<T>& g) {
-  const problem_shape s = validate_forward<Sink, Gate, Mask, Score>(a);
+problem_shape validate_backward(const forward_args<T>& a, const backward_args<T>& g,
+                                offsets varlen_offsets = offsets::readable) {
+  const problem_shape s = validate_forward<Sink, Gate, Mask, Score>(a, varlen_offsets);
   const index_t b = s.batch, tq = s.tq, tk = s.tk, hq = s.q_heads, hkv = s.kv_heads, d = s.head_dim;
   require(!a.lse.empty(), "forward_args.lse is required by backward (write it in forward)");
   require_shape("backward_args.dout", g.dout, {b, tq, hq, d});

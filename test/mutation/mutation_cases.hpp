@@ -191,16 +191,21 @@ inline run_result fused_forward() {
   return r;
 }
 
-/// The fused forward (unmutated in its census only as far as it shares code) and backward.
+/// The fused forward and backward, the backward twice: planned for no SM (every key tile one
+/// dK/dV block that walks all its items, staging its stores through shared memory) and for an
+/// H100 (the items split across blocks, fp32 partials and the reduce kernel).
 inline run_result fused_backward() {
   run_result r;
-  for (const shape_spec& s : shapes()) {
-    const inputs in(s);
-    outputs o(in);
-    const forward_args<bf16> a = forward_views(in, o);
-    r.stats += testing::emulated_fused_forward<attn, k_head_dim>(a);
-    r.stats += testing::emulated_fused_backward<attn, k_head_dim>(a, backward_views(in, o));
-    append_bytes(r.bytes, o.bytes(true));
+  for (const int sm_count : {0, 132}) {
+    for (const shape_spec& s : shapes()) {
+      const inputs in(s);
+      outputs o(in);
+      const forward_args<bf16> a = forward_views(in, o);
+      r.stats += testing::emulated_fused_forward<attn, k_head_dim>(a);
+      r.stats +=
+          testing::emulated_fused_backward<attn, k_head_dim>(a, backward_views(in, o), sm_count);
+      append_bytes(r.bytes, o.bytes(true));
+    }
   }
   return r;
 }

@@ -154,18 +154,18 @@ int main() {
               const sinkmoe::problem_shape shape = mut::attn::validate(a, g);
               sinkmoe::backward_args<mut::bf16> aligned = g;
               aligned.dgate_logits.data = dz.data();
-              const auto layout =
-                  sinkmoe::fused::backward_workspace<mut::attn, mut::bf16>(shape, shape.tq);
+              const auto layout = sinkmoe::fused::backward_workspace<mut::attn, mut::bf16>(
+                  shape, shape.tq, shape.tk, 1);
               std::vector<unsigned char> storage(layout.total_bytes + 256, 0xff);
               void* ws = storage.data();
               std::size_t space = storage.size();
               ws = std::align(256, layout.total_bytes, ws, space);
               sinkmoe::fused::backward_params<mut::bf16> p =
-                  sinkmoe::fused::make_backward_params<mut::attn>(a, aligned, shape, shape.tq, ws,
-                                                                  layout.total_bytes);
-              p.dgate_logits = dz.data() + 1;  // the defect: what validation would refuse
-              const auto geo =
-                  sinkmoe::fused::backward_geometry<kernels, mut::attn>(shape, shape.tq, shape.tk);
+                  sinkmoe::fused::make_backward_params<mut::attn>(
+                      a, aligned, shape, layout, shape.tq, shape.tk, ws, layout.total_bytes);
+              p.dgate_logits.data = dz.data() + 1;  // the defect: what validation would refuse
+              const auto geo = sinkmoe::fused::backward_geometry<kernels, mut::attn>(
+                  shape, layout, shape.tq, shape.tk);
               auto ranges = sinkmoe::testing::backward_ranges(a, aligned);
               ranges.push_back(
                   arch::range_of_bytes("dgate buffer", dz.data(), dz.size() * 2, true));

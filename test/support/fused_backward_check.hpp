@@ -292,6 +292,8 @@ double run_backward_case(const case_spec& spec, const std::string& label) {
   double worst = 0.0;
   BOOST_TEST_CONTEXT("backward " << label) {
     const gradient_set kernel = run_backward_kernels<Attn, HeadDim, E>(pb, ct);
+    record_digest("backward " + label, {&kernel.dq, &kernel.dk, &kernel.dv, &kernel.dgate,
+                                        &kernel.dsinks, &kernel.out, &kernel.lse});
     gradient_set fp64;
     if constexpr (runner_knows_mask<Mask>)
       fp64 = reference_gradients_fp64(pb, ct);

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "support/fused_forward_emulation.hpp"
+#include "support/output_digest.hpp"
 #include "support/library_runner.hpp"
 #include "support/reference.hpp"
 
@@ -506,6 +507,8 @@ case_result run_case(const case_spec& spec, const std::string& label) {
   const problem pb = make_problem<Sink, Gate, Mask, Route, E>(spec, HeadDim);
   BOOST_TEST_CONTEXT(label) {
     const kernel_run run = run_kernel<Attn, HeadDim, E>(pb);
+    record_digest("forward " + label, {&run.result.out, &run.result.lse, &run.result.router,
+                                       &run.result.first_key_mass});
     outputs fp64;
     if constexpr (runner_knows_mask<Mask>)
       fp64 = reference_fp64<Attn>(pb);

@@ -1,6 +1,6 @@
-// Runs the fused forward kernel (include/sinkmoe/cuda/forward_kernel.hpp) through the host
+// Runs the fused forward kernel (include/sinkmoe/cuda/fused/forward_kernel.hpp) through the host
 // emulation of the primitive layer: the same validation, parameters and launch geometry as the
-// nvcc launcher (sinkmoe/cuda/forward.cuh), with arch::emulated_launch in place of
+// nvcc launcher (sinkmoe/cuda/fused/launch.cuh), with arch::emulated_launch in place of
 // arch::launch. Tests only (needs Boost.Context); include before any other sinkmoe header that
 // pulls in the primitive layer.
 #pragma once
@@ -24,9 +24,11 @@ sinkmoe::arch::emulation_stats emulated_fused_forward(const forward_args<Element
   detail::require(shape.head_dim == HeadDim, "emulated_fused_forward: head_dim = ", shape.head_dim,
                   ", but the kernel was instantiated for ", HeadDim);
   using kernel = fused::forward_kernel<Attn, Element, HeadDim>;
-  const fused::forward_params<Element> params = fused::make_forward_params(args, shape);
-  const fused::launch_geometry geometry =
-      fused::forward_launch_geometry<kernel>(shape, fused::max_query_rows(shape, args.varlen));
+  const int max_tq = fused::max_query_rows(shape, args.varlen);
+  const int max_tk = fused::max_key_rows(shape, args.varlen);
+  const fused::forward_params<Element> params =
+      fused::make_forward_params(args, shape, max_tq, max_tk);
+  const fused::launch_geometry geometry = fused::forward_geometry<kernel>(shape, max_tq);
   if (geometry.empty()) return {};
   return emulator_for(forward_ranges(args))
       .launch(geometry.grid, geometry.block, geometry.smem_bytes, kernel{}, params);

@@ -25,6 +25,7 @@
 #include <sinkmoe/cuda/unfused/algorithm.hpp>
 
 #include "support/emulation_ranges.hpp"
+#include "support/output_digest.hpp"
 #include "support/unfused_host_gemm.hpp"
 
 namespace sinkmoe::testing::unfused_check {
@@ -372,6 +373,10 @@ double run_case(const fc::case_spec& spec, int head_dim, int chunk_rows) {
   double worst = 0.0;
   BOOST_TEST_CONTEXT(label) {
     const unfused_run run = run_unfused<Attn, E>(pb, ct, chunk_rows);
+    record_digest("unfused " + label,
+                  {&run.forward.out, &run.forward.lse, &run.forward.router,
+                   &run.forward.first_key_mass, &run.grads.dq, &run.grads.dk, &run.grads.dv,
+                   &run.grads.dsinks, &run.grads.dgate});
     run_options opts;
     opts.backward = true;
     opts.threads = 1;

@@ -8,12 +8,11 @@
 //
 // Element types arch::bf16 / arch::fp16 (__nv_bfloat16 / __half), head dims 64 and 128, rows of
 // q, k, v, out, dout, dq, dk, dv 16-byte aligned; everything else as the host backend. The
-// backward allocates its workspace stream-ordered; to pass your own, call
-// sinkmoe::fused::cuda_backward directly (backward.cuh). nvcc only.
+// backward takes its workspace from the stream-ordered pool; to pass your own, call
+// sinkmoe::fused::cuda_backward directly (fused/launch.cuh). nvcc only.
 
 #include <sinkmoe/attention.hpp>
-#include <sinkmoe/cuda/backward.cuh>
-#include <sinkmoe/cuda/forward.cuh>
+#include <sinkmoe/cuda/fused/launch.cuh>
 
 namespace sinkmoe {
 

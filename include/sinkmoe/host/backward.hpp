@@ -15,7 +15,9 @@
 #include <sinkmoe/host/forward.hpp>
 #include <sinkmoe/host/parallel.hpp>
 #include <sinkmoe/host/tile_ops.hpp>
+#include <sinkmoe/policy/rowwise.hpp>
 #include <sinkmoe/policy/sink.hpp>
+#include <sinkmoe/policy/tiles.hpp>
 #include <vector>
 
 namespace sinkmoe::host {
@@ -69,33 +71,29 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
     std::vector<F> lse(static_cast<std::size_t>(tq)), row_term(lse.size()), key0_term(lse.size());
     std::vector<F> z(static_cast<std::size_t>(std::max(shape.gate_dim, 1)));
     std::vector<F> dz(z.size()), dy(static_cast<std::size_t>(d)), y(dy.size());
-    const F sink_logit = Sink::has_logit ? Sink::logit(a.params, a.sinks.data,
-                                                       a.sinks.empty() ? 0 : a.sinks.stride[0], h)
-                                         : math::neg_inf<F>();
+    const index_t sinks_stride = a.sinks.empty() ? 0 : a.sinks.stride[0];
     F dsink_sum = F(0);
     for (int t = 0; t < tq; ++t) {
       const int row = span.q_begin + t;
       const bool empty_row = !detail::row_has_visible_key(mask, t);
       lse[t] = a.lse(b, h, row);
-      F sink_score = sink_logit;
+      F key0_score = math::neg_inf<F>();  // vanilla's sink: the score of key 0, where visible
       if constexpr (Sink::first_key_is_sink) {
-        sink_score = math::neg_inf<F>();
         if (tk > 0 && mask.visible(t, 0)) {
           const T* q_row = &a.q(b, row, h, 0);
           const T* k_row = &a.k(b, span.k_begin, hk, 0);
           F dot = F(0);
           for (int c = 0; c < d; ++c) dot += to_accum<F>(q_row[c]) * to_accum<F>(k_row[c]);
-          sink_score = score.transform(dot);
+          key0_score = score.transform(dot);
         }
       }
-      const sink::row_sink<F> rs = sink::row_from_lse(lse[t], sink_score);
+      const F sink_score =
+          rowwise::sink_score<Sink>(a.params, a.sinks.data, sinks_stride, h, key0_score);
       if constexpr (Gate::enabled)
         detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
       const F gate_value = Gate::router_value(z.data(), d);
       const F gbar = (g.drouter.empty() || empty_row) ? F(0) : g.drouter(b, h, row);
-      F gbar_sink, gbar_gate;
-      Route::split(gbar, rs.complement, gate_value, gbar_sink, gbar_gate);
-      const F dlse = (g.dlse.empty() || !math::is_finite(lse[t])) ? F(0) : g.dlse(b, h, row);
+      const F dlse_in = g.dlse.empty() ? F(0) : g.dlse(b, h, row);
 
       const T* dout_row = &g.dout(b, row, h, 0);
       const T* out_row = &a.out(b, row, h, 0);
@@ -105,15 +103,16 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
         y[c] = to_accum<F>(out_row[c]);
         delta += dy[c] * y[c];  // sum_c dO_c O_c = sum_c dY_c Y_c for every gate
       }
+      const rowwise::backward_row<F> br = rowwise::backward_row_terms<Sink, Route>(
+          delta, lse[t], sink_score, gate_value, gbar, dlse_in);
       Gate::backward_row(dy.data(), y.data(), d_out.data() + static_cast<std::size_t>(t) * dp, d,
-                         z.data(), gbar_gate, dz.data());
+                         z.data(), br.gbar_gate, dz.data());
       if constexpr (Gate::enabled)
         for (int c = 0; c < shape.gate_dim; ++c)
           g.dgate_logits(b, row, h, c) = from_accum<T>(dz[c]);
-      row_term[t] = sink::row_term(delta, gbar_sink, rs.mass, dlse);
-      key0_term[t] = Sink::first_key_is_sink ? gbar_sink * rs.mass : F(0);
-      if constexpr (Sink::trainable)
-        dsink_sum += sink::logit_grad(delta, gbar_sink, rs.mass, rs.complement, dlse);
+      row_term[t] = br.row_term;
+      key0_term[t] = br.key0_term;
+      if constexpr (Sink::trainable) dsink_sum += br.dsink;
     }
     dsink_partial[static_cast<std::size_t>(seq * hq + h)] = dsink_sum;
 
@@ -135,19 +134,17 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
 
     for (int k0 = 0; k0 < tk; k0 += BK) {
       const int cols = std::min(BK, tk - k0);
-      bool any = false;
-      for (int q0 = 0; q0 < tq && !any; q0 += BQ)
-        any = mask.tile_class(q0, std::min(tq, q0 + BQ), k0, k0 + cols) != tile_kind::empty;
-      if (!any) continue;
+      const query_tile_walk<Mask> query_tiles{mask, k0, k0 + cols, tq, BQ};
+      if (query_tiles.next_from(0) == query_tiles.tiles()) continue;  // no query sees these keys
       detail::load_rows<BK>(a.k, b, span.k_begin + k0, cols, hk, d, dp, F(1), k_tile);
       detail::load_rows_transposed<BK>(a.k, b, span.k_begin + k0, cols, hk, d, dp, kt_tile);
       detail::load_rows_transposed<BK>(a.v, b, span.k_begin + k0, cols, hk, d, dp, vt_tile);
       std::fill(dk_acc, dk_acc + 2 * BK * dp, F(0));
 
-      for (int q0 = 0; q0 < tq; q0 += BQ) {
-        const int rows = std::min(BQ, tq - q0);
-        const tile_kind kind = mask.tile_class(q0, q0 + rows, k0, k0 + cols);
-        if (kind == tile_kind::empty) continue;
+      for (int qt = query_tiles.next_from(0); qt < query_tiles.tiles();
+           qt = query_tiles.next_from(qt + 1)) {
+        const int q0 = qt * BQ, rows = query_tiles.rows(qt);
+        const tile_kind kind = query_tiles.kind(qt);
         detail::load_rows<BQ>(a.q, b, span.q_begin + q0, rows, h, d, dp, q_factor, q_tile);
         std::fill(do_tile, do_tile + BQ * dp, F(0));
         std::copy(d_out.begin() + static_cast<std::ptrdiff_t>(q0) * dp,

@@ -11,7 +11,9 @@
 #include <sinkmoe/host/parallel.hpp>
 #include <sinkmoe/host/tile_ops.hpp>
 #include <sinkmoe/policy/mask.hpp>
+#include <sinkmoe/policy/rowwise.hpp>
 #include <sinkmoe/policy/sink.hpp>
+#include <sinkmoe/policy/tiles.hpp>
 #include <vector>
 
 namespace sinkmoe::host {
@@ -20,19 +22,6 @@ inline constexpr int k_block_q = 64;  ///< query rows per tile
 inline constexpr int k_block_k = 64;  ///< keys per tile
 
 namespace detail {
-
-/// Keys [begin, end) any row of [q0, q1) may see (the hull of the rows' key ranges).
-template <class Mask>
-key_span tile_rows_key_hull(const Mask& mask, int q0, int q1) {
-  key_span hull{INT32_MAX, 0};
-  for (int t = q0; t < q1; ++t) {
-    const key_span r = mask.key_range(t);
-    if (r.empty()) continue;
-    hull.begin = std::min(hull.begin, r.begin);
-    hull.end = std::max(hull.end, r.end);
-  }
-  return hull.empty() ? key_span{0, 0} : hull;
-}
 
 /// Loads rows [row0, row0 + rows) of one head of a [B, T, H, D] tensor into a zero-padded
 /// [Rows][ld] tile, multiplied by `factor`.
@@ -140,11 +129,10 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
     detail::load_rows<BQ>(a.q, b, span.q_begin + q0, rows, h, d, dp, q_factor, q_tile);
     std::fill(o_acc, o_acc + BQ * dp, F(0));
 
-    const key_span hull = detail::tile_rows_key_hull(mask, q0, q0 + rows);
-    for (int k0 = hull.begin / BK * BK; k0 < hull.end; k0 += BK) {
-      const int cols = std::min(BK, span.tk - k0);
-      const tile_kind kind = mask.tile_class(q0, q0 + rows, k0, k0 + cols);
-      if (kind == tile_kind::empty) continue;
+    const key_tile_walk<Mask> tiles(mask, q0, q0 + rows, span.tk, BK);
+    for (int k0 = tiles.first(); tiles.visits(k0); k0 = tiles.next(k0)) {
+      const int cols = tiles.cols(k0);
+      const tile_kind kind = tiles.kind(k0);
       const std::size_t packed_at =
           (static_cast<std::size_t>(hk) * total_tiles + tile_base[tk_.seq] + k0 / BK) * tile_elems;
       const F* kt_ptr = kt_packed.data() + packed_at;
@@ -191,28 +179,21 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
     for (int i = 0; i < rows; ++i) {
       const int t = q0 + i;
       const int row = span.q_begin + t;
-      const bool empty_row = row_sum[i] == F(0);
-      const F lse_keys = empty_row ? math::neg_inf<F>() : row_max[i] + math::log(row_sum[i]);
-      F sink_score = math::neg_inf<F>();
-      if constexpr (Sink::has_logit)
-        sink_score = Sink::logit(a.params, a.sinks.data, a.sinks.stride[0], h);
-      else if constexpr (Sink::first_key_is_sink)
-        sink_score = first_key_score[i];
-      const sink::row_sink<F> rs = sink::finish_row<Sink>(lse_keys, sink_score);
-
+      const F sink_score = rowwise::sink_score<Sink>(a.params, a.sinks.data, a.sinks.stride[0], h,
+                                                     first_key_score[i]);
+      const rowwise::forward_row<F> fr =
+          rowwise::finish_forward_row<Sink>(row_max[i], row_sum[i], sink_score);
       F* o_row = o_acc + i * dp;
-      const F normaliser = empty_row ? F(0) : math::exp(row_max[i] - rs.lse_full);
-      for (int c = 0; c < d; ++c) o_row[c] *= normaliser;
+      for (int c = 0; c < d; ++c) o_row[c] *= fr.normaliser;
       if constexpr (Gate::enabled)
         detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
       const F gate_value = Gate::forward_row(o_row, d, z.data());
       T* out_row = &a.out(b, row, h, 0);
       for (int c = 0; c < d; ++c) out_row[c] = from_accum<T>(o_row[c]);
-      if (!a.lse.empty()) a.lse(b, h, row) = rs.lse_full;
-      if (!a.router.empty())
-        a.router(b, h, row) = empty_row ? F(0) : Route::router(rs.complement, gate_value);
+      if (!a.lse.empty()) a.lse(b, h, row) = fr.lse;
+      if (!a.router.empty()) a.router(b, h, row) = rowwise::router_value<Route>(fr, gate_value);
       if (!a.first_key_mass.empty())
-        a.first_key_mass(b, h, row) = math::exp_shifted(first_key_score[i], rs.lse_full);
+        a.first_key_mass(b, h, row) = math::exp_shifted(first_key_score[i], fr.lse);
     }
   });
 }

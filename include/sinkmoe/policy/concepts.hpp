@@ -5,6 +5,7 @@
 #include <concepts>
 #include <sinkmoe/core/tensor_view.hpp>
 #include <sinkmoe/params.hpp>
+#include <sinkmoe/policy/gate.hpp>
 #include <sinkmoe/policy/mask.hpp>
 
 namespace sinkmoe {
@@ -45,6 +46,7 @@ concept sink_policy = requires(const attention_params& p, const float* f, const 
 template <class G>
 concept gate_policy = requires(float* o, const float* z, float gbar, int d) {
   { G::enabled } -> std::convertible_to<bool>;
+  { G::slices } -> std::convertible_to<slice_router>;
   { G::logit_dim(d) } -> std::convertible_to<int>;
   { G::forward_row(o, d, z) } -> std::same_as<float>;
   { G::router_value(z, d) } -> std::same_as<float>;

@@ -12,10 +12,30 @@
 //       dy: upstream gradient of Y; y: the stored gated output; gbar: dL/d(router value).
 //       Writes dO (the gradient of the ungated output) and dz. Uses y, never y / gate, so a
 //       gate that rounds to 0 does not divide by zero: G (1 - G) dY O = (1 - G) dY Y.
+//   static constexpr slice_router slices     how router values of slices of a row combine
 // The attention backward's Delta = sum_c dO_c O_c = sum_c dY_c Y_c for every gate.
+//
+// The fused kernels hold a row in registers as 2-channel slices and call forward_row and
+// backward_row on each slice (d = 2, z pointing at the slice's logits, or at the single logit of
+// a headwise gate), with the slice's share 2 / D of gbar; so a gate must act channel by channel
+// (o_c depends on o_c and its own logit), and backward_row must be linear in gbar. `slices` then
+// says how the slices' returned router values make the row's: every slice returns the row's
+// value (row_value), or each returns the mean over its channels (channel_mean: the row's value
+// is the mean of the slices').
 
+#include <cstdint>
 #include <sinkmoe/core/config.hpp>
 #include <sinkmoe/core/numeric.hpp>
+
+namespace sinkmoe {
+
+/// How the router values a gate's forward_row returns for slices of a row combine (gate.hpp).
+enum class slice_router : std::uint8_t {
+  row_value,     ///< every slice returns the row's value (no gate, a headwise gate)
+  channel_mean,  ///< each slice returns the mean over its channels (an elementwise gate)
+};
+
+}  // namespace sinkmoe
 
 namespace sinkmoe::gate {
 
@@ -23,6 +43,7 @@ namespace sinkmoe::gate {
 struct none {
   static constexpr const char* name = "none";
   static constexpr bool enabled = false;
+  static constexpr slice_router slices = slice_router::row_value;
   SINKMOE_HD static constexpr int logit_dim(int) { return 0; }
   template <class F>
   SINKMOE_HD static F forward_row(F*, int, const F*) {
@@ -43,6 +64,7 @@ struct none {
 struct headwise {
   static constexpr const char* name = "headwise";
   static constexpr bool enabled = true;
+  static constexpr slice_router slices = slice_router::row_value;
   SINKMOE_HD static constexpr int logit_dim(int) { return 1; }
   template <class F>
   SINKMOE_HD static F forward_row(F* o, int d, const F* z) {
@@ -74,6 +96,7 @@ struct headwise {
 struct elementwise {
   static constexpr const char* name = "elementwise";
   static constexpr bool enabled = true;
+  static constexpr slice_router slices = slice_router::channel_mean;
   SINKMOE_HD static constexpr int logit_dim(int head_dim) { return head_dim; }
   template <class F>
   SINKMOE_HD static F forward_row(F* o, int d, const F* z) {

@@ -17,6 +17,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <concepts>
 #include <cstddef>
 
@@ -52,16 +53,38 @@ constexpr auto entry_point() {
   }
 }
 
+namespace detail {
+
+/// Devices whose per-kernel attribute this layer caches (others set it on every launch).
+inline constexpr int k_cached_devices = 64;
+
+/// Raises entry's dynamic shared-memory limit to smem_bytes on the current device, once per
+/// kernel and device (a call per launch costs host time; FlashAttention pays it).
+template <auto Entry>
+cudaError_t grant_dynamic_smem(std::size_t smem_bytes) {
+  static std::atomic<std::size_t> granted[k_cached_devices] = {};
+  int device = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status != cudaSuccess) return status;
+  const bool cached = device >= 0 && device < k_cached_devices;
+  if (cached && granted[device].load(std::memory_order_relaxed) >= smem_bytes) return cudaSuccess;
+  status = cudaFuncSetAttribute(Entry, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(smem_bytes));
+  if (status == cudaSuccess && cached) granted[device].store(smem_bytes, std::memory_order_relaxed);
+  return status;
+}
+
+}  // namespace detail
+
 /// <<<grid, block, smem_bytes, stream>>> of Kernel{}(args...). Raises the kernel's dynamic
-/// shared-memory limit first when smem_bytes exceeds the default 48 KiB. Returns the launch
-/// error (the caller's checking macro names the call).
+/// shared-memory limit first when smem_bytes exceeds the default 48 KiB (once per kernel and
+/// device). Returns the launch error (the caller's checking macro names the call).
 template <class Kernel, class... Args>
 cudaError_t launch(index3 grid, index3 block, std::size_t smem_bytes, cudaStream_t stream,
                    Args... args) {
   constexpr auto entry = entry_point<Kernel, Args...>();
   if (smem_bytes > 48 * 1024) {
-    const cudaError_t status = cudaFuncSetAttribute(
-        entry, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes));
+    const cudaError_t status = detail::grant_dynamic_smem<entry>(smem_bytes);
     if (status != cudaSuccess) return status;
   }
   entry<<<dim3(grid.x, grid.y, grid.z), dim3(block.x, block.y, block.z), smem_bytes, stream>>>(

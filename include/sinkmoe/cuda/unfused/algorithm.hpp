@@ -189,19 +189,6 @@ problem_shape validate_backward(const forward_args<Element>& a, const backward_a
 
 namespace detail {
 
-/// Keys [begin, end) any row of [q0, q1) may see (empty when none).
-template <class Mask>
-key_span chunk_key_hull(const Mask& mask, int q0, int q1) {
-  key_span hull{std::numeric_limits<int>::max(), 0};
-  for (int t = q0; t < q1; ++t) {
-    const key_span r = mask.key_range(t);
-    if (r.empty()) continue;
-    hull.begin = std::min(hull.begin, r.begin);
-    hull.end = std::max(hull.end, r.end);
-  }
-  return hull.empty() ? key_span{0, 0} : hull;
-}
-
 /// The chunks of a dense problem, each with its key hull.
 template <class Attn>
 std::vector<chunk_geometry> make_chunks(const attention_params& params, const problem_shape& shape,
@@ -211,7 +198,7 @@ std::vector<chunk_geometry> make_chunks(const attention_params& params, const pr
   std::vector<chunk_geometry> chunks;
   for (int q0 = 0; q0 < shape.tq; q0 += chunk_rows) {
     const int rows = std::min(chunk_rows, shape.tq - q0);
-    const key_span hull = chunk_key_hull(mask, q0, q0 + rows);
+    const key_span hull = rows_key_hull(mask, q0, q0 + rows);
     chunks.push_back({0, q0, rows, hull.begin, hull.end - hull.begin, score_ld(shape.tk)});
   }
   return chunks;

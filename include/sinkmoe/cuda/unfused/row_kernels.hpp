@@ -34,7 +34,9 @@
 #include <sinkmoe/cuda/arch/arch.hpp>
 #include <sinkmoe/params.hpp>
 #include <sinkmoe/policy/mask.hpp>
+#include <sinkmoe/policy/rowwise.hpp>
 #include <sinkmoe/policy/sink.hpp>
+#include <sinkmoe/policy/tiles.hpp>
 
 namespace sinkmoe::unfused {
 
@@ -152,25 +154,21 @@ struct forward_rows_kernel {
     float first_key = neg_inf;
     if (lane == 0 && c.key_begin == 0 && c.key_count > 0) first_key = arch::load_global(s);
     first_key = arch::shfl_idx(first_key, 0);
-    const bool empty_row = row_sum == 0.0f;
-    const float lse_keys = empty_row ? neg_inf : row_max + math::log(row_sum);
-    float sink_score = neg_inf;
-    if constexpr (sink_type::has_logit)
-      sink_score = sink_type::logit(p.params, p.sinks, p.sinks_stride, h);
-    else if constexpr (sink_type::first_key_is_sink)
-      sink_score = first_key;
-    const sink::row_sink<float> rs = sink::finish_row<sink_type>(lse_keys, sink_score);
+    const float sink_score =
+        rowwise::sink_score<sink_type>(p.params, p.sinks, p.sinks_stride, h, first_key);
+    const rowwise::forward_row<float> fr =
+        rowwise::finish_forward_row<sink_type>(row_max, row_sum, sink_score);
+    const bool empty_row = fr.empty;
 
     // Pass 3: P = exp(s - lse_full), the sink's share left out (it has no value).
     for (int col = lane; col < c.key_count; col += arch::k_warp_size)
-      arch::store_global(
-          prob + col, arch::from_float<Element>(
-                          empty_row ? 0.0f : math::exp(arch::load_global(s + col) - rs.lse_full)));
+      arch::store_global(prob + col,
+                         arch::from_float<Element>(
+                             empty_row ? 0.0f : math::exp(arch::load_global(s + col) - fr.lse)));
     if (lane == 0) {
-      arch::store_global(&p.stats[row_id].lse, rs.lse_full);
-      arch::store_global(&p.stats[row_id].complement, rs.complement);
-      arch::store_global(&p.stats[row_id].first_key_mass,
-                         math::exp_shifted(first_key, rs.lse_full));
+      arch::store_global(&p.stats[row_id].lse, fr.lse);
+      arch::store_global(&p.stats[row_id].complement, fr.sink_complement);
+      arch::store_global(&p.stats[row_id].first_key_mass, math::exp_shifted(first_key, fr.lse));
       arch::store_global(&p.stats[row_id].empty, empty_row ? 1 : 0);
     }
   }
@@ -311,10 +309,8 @@ struct backward_rows_kernel {
     const bool empty_row = !detail::row_has_visible_key(mask, t);
     const float lse = arch::load_global(p.lse + p.lse_stride.at(b, h, t));
 
-    float sink_score = neg_inf;
-    if constexpr (sink_type::has_logit) {
-      sink_score = sink_type::logit(p.params, p.sinks, p.sinks_stride, h);
-    } else if constexpr (sink_type::first_key_is_sink) {
+    float key0_score = neg_inf;  // vanilla's sink: the score of key 0, where visible
+    if constexpr (sink_type::first_key_is_sink) {
       if (p.shape.tk > 0 && mask.visible(t, 0)) {
         const Element* q_row = p.q + p.q_stride.at(b, t, h);
         const Element* k_row = p.k + p.k_stride.at(b, 0, hk);
@@ -322,10 +318,11 @@ struct backward_rows_kernel {
         for (int i = 0; i < d; ++i)
           dot += arch::to_float(arch::load_global(q_row + i)) *
                  arch::to_float(arch::load_global(k_row + i));
-        sink_score = score.transform(dot);
+        key0_score = score.transform(dot);
       }
     }
-    const sink::row_sink<float> rs = sink::row_from_lse(lse, sink_score);
+    const float sink_score =
+        rowwise::sink_score<sink_type>(p.params, p.sinks, p.sinks_stride, h, key0_score);
 
     float* const dy = p.dy_scratch + static_cast<index_t>(row_id) * d;
     float* const y = p.y_scratch + static_cast<index_t>(row_id) * d;
@@ -343,11 +340,8 @@ struct backward_rows_kernel {
     const float gbar = (p.drouter == nullptr || empty_row)
                            ? 0.0f
                            : arch::load_global(p.drouter + p.drouter_stride.at(b, h, t));
-    float gbar_sink, gbar_gate;
-    route_type::split(gbar, rs.complement, gate_value, gbar_sink, gbar_gate);
-    const float dlse = (p.dlse == nullptr || !math::is_finite(lse))
-                           ? 0.0f
-                           : arch::load_global(p.dlse + p.dlse_stride.at(b, h, t));
+    const float dlse =
+        p.dlse == nullptr ? 0.0f : arch::load_global(p.dlse + p.dlse_stride.at(b, h, t));
 
     const Element* dout_row = p.dout + p.dout_stride.at(b, t, h);
     const Element* out_row = p.out + p.out_stride.at(b, t, h);
@@ -359,8 +353,10 @@ struct backward_rows_kernel {
       arch::store_global(y + i, y_i);
       delta += dy_i * y_i;  // sum_c dO_c O_c = sum_c dY_c Y_c for every gate
     }
+    const rowwise::backward_row<float> br = rowwise::backward_row_terms<sink_type, route_type>(
+        delta, lse, sink_score, gate_value, gbar, dlse);
     // The gate hook works on the fp32 rows (plain accesses of the workspace rows).
-    gate_type::backward_row(dy, y, d_o, d, z, gbar_gate, dz);
+    gate_type::backward_row(dy, y, d_o, d, z, br.gbar_gate, dz);
     Element* const d_attn_out = p.d_attn_out + static_cast<index_t>(row_id) * d;
     for (int i = 0; i < d; ++i)
       arch::store_global(d_attn_out + i, arch::from_float<Element>(arch::load_global(d_o + i)));
@@ -369,13 +365,12 @@ struct backward_rows_kernel {
       for (int i = 0; i < dg; ++i)
         arch::store_global(dz_dst + i, arch::from_float<Element>(arch::load_global(dz + i)));
     }
-    arch::store_global(p.row_term + row_id, sink::row_term(delta, gbar_sink, rs.mass, dlse));
-    arch::store_global(p.key0_term + row_id,
-                       sink_type::first_key_is_sink ? gbar_sink * rs.mass : 0.0f);
+    arch::store_global(p.row_term + row_id, br.row_term);
+    arch::store_global(p.key0_term + row_id, br.key0_term);
     if constexpr (sink_type::trainable)
       arch::store_global(p.dsink_rows + static_cast<index_t>(h) * p.shape.batch * p.shape.tq +
                              static_cast<index_t>(b) * p.shape.tq + t,
-                         sink::logit_grad(delta, gbar_sink, rs.mass, rs.complement, dlse));
+                         br.dsink);
   }
 };
 
