@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bench/device_check.sh: the one script for a machine with an NVIDIA GPU (issue 3 item 7,
-# issue 4 item 5; bench/README.md). From the repository root:
+# bench/device_check.sh: the one script for a machine with an NVIDIA GPU (see
+# bench/README.md). From the repository root:
 #
 #   bash bench/device_check.sh [--quick] [--dry-run] [--only STEPS] [--skip STEPS] [--jobs N]
 #                              [--build-dir DIR] [--budget SECONDS]

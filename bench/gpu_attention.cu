@@ -1,4 +1,4 @@
-// GPU benchmark of the fused attention kernels (design.md section 9; issue 3 item 7): TFLOP/s of
+// GPU benchmark of the fused attention kernels (docs/design.md section 9): TFLOP/s of
 // the forward and backward of vanilla, sink (learned), gated (elementwise) and sink+gated
 // (route::product) attention at bf16, head dims 128 and 64, causal and not, B * T = 16k tokens
 // with T in {1k, 4k, 16k}; beside them the measured bf16 GEMM rate (cuBLAS, and cuBLASLt through

@@ -1,4 +1,4 @@
-// CPU benchmark of the host backend (design.md section 9): forward and backward GFLOP/s of
+// CPU benchmark of the host backend (docs/design.md section 9): forward and backward GFLOP/s of
 // sinkmoe's tiled online-softmax kernels against a naive explicit-matrix implementation written
 // here (float, same compiler flags, same thread count), the fraction of this machine's fp32 FMA
 // peak (measured by a register-resident FMA kernel below), and the peak resident memory of each

@@ -1,4 +1,4 @@
-// nvcc compile check of the device implementation of the primitive layer (design.md section
+// nvcc compile check of the device implementation of the primitive layer (docs/design.md section
 // 6): the same tiled GEMM that test_arch_emulation runs through the host emulation is
 // instantiated here as real __global__ functions for every architecture in
 // CMAKE_CUDA_ARCHITECTURES (sm_90a and sm_80), so ptxas assembles its mma.sync, ldmatrix and

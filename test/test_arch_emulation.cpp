@@ -1,4 +1,4 @@
-// The primitive layer (sinkmoe/cuda/arch) under its host emulation (design.md section 6):
+// The primitive layer (sinkmoe/cuda/arch) under its host emulation (docs/design.md section 6):
 // barriers, indices, shuffles and reductions, ldmatrix and mma.sync fragment layouts against
 // the PTX ISA's tables, the cp.async protocol, a tiled GEMM kernel against a reference GEMM,
 // the 16-bit conversions, the emulation's own error checks, and its throughput.

@@ -1,5 +1,5 @@
-// sinkmoe::balance (paper.md sections 3-5) against the independent fp64 oracle ref::balance, and
-// its own promises:
+// sinkmoe::balance (docs/method.md sections 3-5) against the independent fp64 oracle ref::balance,
+// and its own promises:
 //  - importance, balanced CV, loss and dL/dG per layer equal the oracle's (random routers and
 //    counted masks, several layers, 0/1/2/H-1 shared heads, population and sample std);
 //  - a fixed shared set equal to the top-m reproduces top-m selection; any other set balances
@@ -490,7 +490,7 @@ BOOST_AUTO_TEST_CASE(degenerate_inputs_give_zero_and_no_nan) {
   }
 }
 
-// paper.md section 5: sum_h dL/dImp_h = -2 lambda n CV^2 / mu (population std), and the
+// docs/method.md section 5: sum_h dL/dImp_h = -2 lambda n CV^2 / mu (population std), and the
 // per-head form (2 lambda / mu^2) (Imp_h - mu (1 + CV^2)).
 BOOST_AUTO_TEST_CASE(importance_gradient_identity) {
   std::mt19937 rng(17);

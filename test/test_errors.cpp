@@ -1,4 +1,4 @@
-// Bad input (design.md sections 3 and 7): every public entry validates before it writes.
+// Bad input (docs/design.md sections 3 and 7): every public entry validates before it writes.
 //
 // For attention<>::forward, backward and counted_tokens, and for balance's accumulate, evaluate,
 // forward, forward_backward and router_grad, each argument is made wrong in turn (null data,

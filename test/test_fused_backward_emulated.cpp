@@ -1,6 +1,6 @@
 // The fused backward kernels (include/sinkmoe/cuda/backward_kernel.hpp) run through the host
-// emulation of the primitive layer (design.md section 6), after the emulated fused forward, and
-// compared with the CPU backend in fp64 under FlashAttention's tolerance rule
+// emulation of the primitive layer (docs/design.md section 6), after the emulated fused forward,
+// and compared with the CPU backend in fp64 under FlashAttention's tolerance rule
 // (support/fused_backward_check.hpp says exactly how): dq, dk, dv, d(sinks), d(gate logits),
 // with cotangents on out, the router values G and the lse.
 //

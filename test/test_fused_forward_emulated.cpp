@@ -1,5 +1,5 @@
 // The fused forward kernel (include/sinkmoe/cuda/forward_kernel.hpp) run through the host
-// emulation of the primitive layer (design.md section 6) and compared with the CPU backend in
+// emulation of the primitive layer (docs/design.md section 6) and compared with the CPU backend in
 // fp64 under FlashAttention's tolerance rule (support/fused_forward_check.hpp says exactly how).
 //
 // This unit: the policy product for sink::none (sink::learned and sink::fixed have their own
@@ -7,7 +7,12 @@
 // and fp16, variable-length batches, soft-cap, a custom mask whose interior tiles are partial,
 // the tiles the kernel skips, and the arguments this path rejects.
 #define BOOST_TEST_MODULE fused_forward_emulated
+#include <cmath>
+#include <cstring>
+#include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "support/fused_forward_check.hpp"
 #include "support/test_masks.hpp"
@@ -123,6 +128,87 @@ BOOST_AUTO_TEST_CASE(sequences_of_tile_boundary_lengths) {
   run_varlen<attention<sink::fixed, gate::elementwise, mask::streaming, route::product>>(
       varlen_case(50200, 64, 2, 5.0));
   run_varlen<attention<sink::none, gate::elementwise, mask::none>>(varlen_case(50300, 1, 0, 0));
+}
+
+namespace {
+
+/// A packed batch of three sequences (q rows 5, 65, 70; keys 5, 65, 70) and its outputs, for the
+/// max_seqlen paths (trusted offsets: no host copy, no synchronisation on the GPU).
+struct packed_batch {
+  using attn = attention<sink::learned, gate::none, mask::causal>;
+  static constexpr int total = 140, d = 64, hq = 2;
+  std::vector<bf16> q, k, v, out;
+  std::vector<float> sinks{1.0f, -2.0f}, lse;
+  std::vector<std::int32_t> cu{0, 5, 70, 140};
+  sinkmoe::forward_args<bf16> a;
+  packed_batch() {
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal;
+    for (auto* x : {&q, &k, &v}) {
+      x->resize(std::size_t(total) * hq * d);
+      for (bf16& e : *x) e = arch::from_float<bf16>(normal(rng));
+    }
+    out.assign(q.size(), arch::from_bits<bf16>(0x7fc1));
+    lse.assign(std::size_t(hq) * total, std::nanf(""));
+    a.q = {q.data(), {1, total, hq, d}};
+    a.k = {k.data(), {1, total, hq, d}};
+    a.v = {v.data(), {1, total, hq, d}};
+    a.sinks = {sinks.data(), {hq}};
+    a.out = {out.data(), {1, total, hq, d}};
+    a.lse = {lse.data(), {1, hq, total}};
+    a.varlen = {cu.data(), cu.data(), 3};
+  }
+  std::vector<std::uint16_t> out_bits() const {
+    std::vector<std::uint16_t> b;
+    for (bf16 e : out) b.push_back(arch::to_bits(e));
+    return b;
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(given_max_seqlen_gives_the_same_outputs) {
+  packed_batch reference;
+  sinkmoe::testing::emulated_fused_forward<packed_batch::attn, 64>(reference.a);
+  for (const auto [mq, mk] : {std::pair{70, 70}, std::pair{100, 128}}) {
+    packed_batch b;
+    b.a.varlen.max_seqlen_q = mq;
+    b.a.varlen.max_seqlen_k = mk;
+    sinkmoe::testing::emulated_fused_forward<packed_batch::attn, 64>(b.a);
+    BOOST_TEST(b.out_bits() == reference.out_bits());
+    BOOST_TEST(std::memcmp(b.lse.data(), reference.lse.data(), b.lse.size() * 4) == 0);
+  }
+  // Host-readable offsets are checked against the lengths given.
+  packed_batch b;
+  b.a.varlen.max_seqlen_q = 64;
+  b.a.varlen.max_seqlen_k = 70;
+  BOOST_TEST(sinkmoe::testing::throws_naming(
+      [&] { packed_batch::attn::validate(b.a); },
+      {"varlen.cu_seqlens_q", "sequence 1", "65 rows", "max_seqlen 64"}));
+}
+
+BOOST_AUTO_TEST_CASE(trusted_offsets_never_reach_outside_the_tensors) {
+  // Offsets the host does not read (exec::cuda with max_seqlen given) may be wrong: the kernel
+  // clamps them to the tensors' rows and the given lengths, so the emulation's bounds check (every
+  // tensor registered) sees no access outside, whatever they hold.
+  using attn = packed_batch::attn;
+  for (const std::vector<std::int32_t>& bad :
+       {std::vector<std::int32_t>{0, 500, 3, 140}, std::vector<std::int32_t>{-7, 90, 60, 9999},
+        std::vector<std::int32_t>{140, 0, 140, 0}}) {
+    packed_batch b;
+    b.a.varlen.max_seqlen_q = 70;
+    b.a.varlen.max_seqlen_k = 70;
+    const sinkmoe::problem_shape shape =
+        sinkmoe::detail::validate_forward<attn::sink_type, attn::gate_type, attn::mask_type,
+                                          attn::score_type>(b.a, sinkmoe::detail::offsets::trusted);
+    std::vector<std::int32_t> offsets = bad;
+    b.a.varlen.cu_seqlens_q = b.a.varlen.cu_seqlens_k = offsets.data();
+    using kernel = sinkmoe::fused::forward_kernel<attn, bf16, 64>;
+    const auto p = sinkmoe::fused::make_forward_params(b.a, shape, 70, 70);
+    const auto g = sinkmoe::fused::forward_geometry<kernel>(shape, 70);
+    BOOST_CHECK_NO_THROW(sinkmoe::testing::emulator_for(sinkmoe::testing::forward_ranges(b.a))
+                             .launch(g.grid, g.block, g.smem_bytes, kernel{}, p));
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,7 +1,7 @@
 // Host backward (exec::host):
 //  - double gradients (dq, dk, dv, dsinks, dgate) against the oracle's analytic backward, with
 //    random cotangents on out, lse and router at once (and each alone), over every policy
-//    combination and the shape features of design.md section 7 (GQA, Tq != Tk, tile-boundary
+//    combination and the shape features of docs/design.md section 7 (GQA, Tq != Tk, tile-boundary
 //    lengths, windows, D); strided views (interleaved [q | gate], [k | v]) with gradient buffers
 //    that start as NaN (overwritten, not accumulated);
 //  - central finite differences in fp64 on the LIBRARY itself (not the oracle) of
@@ -333,7 +333,7 @@ BOOST_AUTO_TEST_CASE(each_cotangent_alone) {
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
-// Strided views (design.md section 4): Qwen3-Next's interleaved [q | gate] projection, k and v
+// Strided views (docs/design.md section 4): Qwen3-Next's interleaved [q | gate] projection, k and v
 // interleaved in one buffer, padded out/dout rows, lse/router/dlse/drouter stored [B, Tq, H],
 // sinks and dsinks with stride 2, dq/dgate interleaved like q/gate, dk/dv like k/v. Same values
 // as the contiguous run through the runner, and the oracle's. Gradient buffers start as NaN and

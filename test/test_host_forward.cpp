@@ -1,13 +1,13 @@
 // Host forward (exec::host) against the independent fp64 oracle (test/support/reference.hpp):
 //  - every policy combination (sink x gate x mask x route, 84) on a few shapes, and every shape
-//    feature of design.md section 7 (B, Tq != Tk, GQA, D, windows, sinks, gates) on a few
+//    feature of docs/design.md section 7 (B, Tq != Tk, GQA, D, windows, sinks, gates) on a few
 //    combinations (plus odd head dims and a non-default scale); double to 1e-10 relative (out,
 //    lse, router, first_key_mass, counted tokens), float by FlashAttention's rule
 //    (err <= 2 x naive float err + atol, test/support/naive.hpp);
 //  - soft-cap, top-left alignment, empty rows, Tq = 0, Tk = 0, extreme sinks and gates;
-//  - identities of paper.md section 2 (sink -> -inf is vanilla; sink output = vanilla output x
-//    sigmoid(LSE_keys - b), to relative precision for collapsed heads; a learned sink is a
-//    zero-value key; fixed == learned) and mask reductions (unbounded windows are causal,
+//  - identities of docs/method.md section 2 (sink -> -inf is vanilla; sink output = vanilla
+//    output x sigmoid(LSE_keys - b), to relative precision for collapsed heads; a learned sink is
+//    a zero-value key; fixed == learned) and mask reductions (unbounded windows are causal,
 //    streaming without sink tokens is the sliding window);
 //  - results do not depend on the thread count.
 #define BOOST_TEST_MODULE host_forward
@@ -37,7 +37,7 @@ using ref::sink_kind;
 
 namespace {
 
-constexpr double k_rtol64 = 1e-10;  // fp64 results vs the oracle (design.md section 7)
+constexpr double k_rtol64 = 1e-10;  // fp64 results vs the oracle (docs/design.md section 7)
 // Float results: FlashAttention's rule, err <= 2 x naive float err + atol, atol = 6e-7 (5 float
 // ulp) of the tensor's magnitude (see checks::check_fa_rule).
 constexpr double k_fa_atol_rel = 6e-7;
@@ -187,7 +187,7 @@ BOOST_AUTO_TEST_CASE(every_policy_combination) {
     }
 }
 
-// Each shape feature of design.md section 7 on a few policy combinations.
+// Each shape feature of docs/design.md section 7 on a few policy combinations.
 BOOST_AUTO_TEST_CASE(shape_features) {
   const ck::combo combos[] = {
       {sink_kind::learned, gate_kind::elementwise, mask_kind::sliding_window, route_kind::product},
@@ -443,7 +443,7 @@ BOOST_AUTO_TEST_CASE(very_negative_sink_is_vanilla) {
     }
 }
 
-// paper.md section 2: sink output = vanilla output x sigmoid(LSE_keys - b), G = the same
+// docs/method.md section 2: sink output = vanilla output x sigmoid(LSE_keys - b), G = the same
 // sigmoid, lse = logaddexp(LSE_keys, b), where LSE_keys is the lse of the run without a sink. With
 // a gate, the gated outputs relate the same way, and route::product's G = gate x sigmoid. Every
 // mask; Tq > Tk so that causal rows are empty.

@@ -1,4 +1,5 @@
-// Unit tests of the policy hooks themselves (design.md section 3, paper.md sections 1-5):
+// Unit tests of the policy hooks themselves (docs/design.md section 3, docs/method.md sections
+// 1-5):
 //  masks   visible() against the oracle's ref::visible; key_range() holds every visible key (and,
 //          for the built-ins, starts and ends on a visible key); tile_class() over every
 //          rectangle of small grids and over 64-wide backend tiles: conservative for any mask
@@ -521,7 +522,7 @@ BOOST_AUTO_TEST_CASE(finish_row_hand_values) {
 
 // G = 1 - A is the router value: for a head whose sink takes nearly all the mass (the collapsed
 // heads the balancing loss is about) the complement must keep its relative precision; the
-// paper's cheap form is sigmoid(lse_keys - b) (paper.md section 2). sink.hpp promises this
+// paper's cheap form is sigmoid(lse_keys - b) (docs/method.md section 2). sink.hpp promises this
 // ("computed as -expm1 so that it keeps precision when A is near 1").
 BOOST_AUTO_TEST_CASE(complement_keeps_relative_precision_when_the_sink_takes_almost_all_mass) {
   for (double gap : {5.0, 10.0, 20.0, 30.0}) {

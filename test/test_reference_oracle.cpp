@@ -516,7 +516,7 @@ BOOST_AUTO_TEST_CASE(first_token_counting) {
   BOOST_TEST(ref::forward(early, in5).counted == std::vector<int>({1, 1, 1, 1, 1}));
 }
 
-// paper.md section 2: sink output = vanilla output * sigmoid(LSE_keys - b), G = that sigmoid.
+// docs/method.md section 2: sink output = vanilla output * sigmoid(LSE_keys - b), G = that sigmoid.
 BOOST_AUTO_TEST_CASE(sink_equals_scaled_vanilla) {
   std::mt19937_64 rng(14);
   ref::config c = make_config(2, 4, 6, 4, 2, 8, S::learned, G::none, R::sink_mass, M::causal);
@@ -579,7 +579,7 @@ BOOST_AUTO_TEST_CASE(balance_hand_values) {
   BOOST_CHECK_CLOSE(b.loss, 8.0 / 9.0, 1e-10);
 }
 
-// Visibility rules of paper.md / design.md section 4.
+// Visibility rules of docs/method.md / docs/design.md section 4.
 BOOST_AUTO_TEST_CASE(visibility) {
   ref::config c = make_config(1, 4, 10, 1, 1, 4, S::none, G::none, R::sink_mass, M::causal);
   // bottom-right: t' = t + 6

@@ -1,5 +1,5 @@
 #pragma once
-// Argument structs shared by every backend (design.md section 4). Views are strided and
+// Argument structs shared by every backend (docs/design.md section 4). Views are strided and
 // non-owning; the element dimension D must have unit stride. Optional views stay empty.
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 #pragma once
-// attention<Sink, Gate, Mask, Route, Score>: composes the five policy slots (design.md section 3)
-// and dispatches to a backend. Vanilla, Sink and Gated attention are aliases over it.
+// attention<Sink, Gate, Mask, Route, Score>: composes the five policy slots (docs/design.md
+// section 3) and dispatches to a backend. Vanilla, Sink and Gated attention are aliases over it.
 
 #include <cstdint>
 #include <type_traits>
@@ -41,7 +41,7 @@ struct attention {
                 "this route reads the output gate, but the gate policy is gate::none");
 
   /// True when the router value of the query at absolute position 0 is structurally 0 (vanilla:
-  /// its only key is the sink), so balancing leaves that query out (paper.md section 5).
+  /// its only key is the sink), so balancing leaves that query out (docs/method.md section 5).
   static constexpr bool excludes_first_query = Sink::first_key_is_sink && route_type::uses_sink;
 
   /// Checks every argument; throws sinkmoe::error naming the first bad one. Writes nothing.

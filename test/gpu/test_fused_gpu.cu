@@ -1,4 +1,4 @@
-// The fused CUDA kernels on a real GPU (issue 3 item 5), against the CPU backend:
+// The fused CUDA kernels on a real GPU, against the CPU backend:
 //  - forward (sinkmoe::fused::cuda_forward) and backward (cuda_backward) for five policy
 //    bundles (vanilla causal; learned sink with a sliding window; elementwise gate; learned sink
 //    + headwise gate with route::product; fixed sink with a streaming mask), bf16 and fp16, head

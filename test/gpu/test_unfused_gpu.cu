@@ -1,4 +1,4 @@
-// The unfused attention path on a real GPU (issue 4): sinkmoe::unfused::cuda_forward and
+// The unfused attention path on a real GPU: sinkmoe::unfused::cuda_forward and
 // cuda_backward (cuBLASLt GEMMs + row kernels) against the CPU backend, for the five policy
 // bundles of support/gpu_reference.hpp, bf16 and fp16, head dims 64, 80, 96 and 256 (80 and 96
 // are not instantiated by the fused kernels), GQA, Tq != Tk, query chunks that do not divide Tq,

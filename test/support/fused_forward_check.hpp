@@ -2,7 +2,7 @@
 // builds a problem in 16-bit inputs, runs the kernel, the CPU backend in fp64 on the same
 // 16-bit-rounded inputs, and a naive 16-bit computation, and compares them.
 //
-// Tolerance (FlashAttention's rule, design.md section 7, anchors.md section 6.3): for each of
+// Tolerance (FlashAttention's rule, docs/design.md section 7, anchors.md section 6.3): for each of
 // out, lse, router and first_key_mass,
 //   max |kernel - fp64| <= 2 * max |naive16 - fp64| + atol
 // where fp64 is the CPU backend (sinkmoe::attention<...>::forward(exec::host) in double through
@@ -115,7 +115,7 @@ double round_to(double x) {
   return static_cast<double>(arch::to_float(arch::from_float<E>(static_cast<float>(x))));
 }
 
-/// Sinks and gates from the pools of design.md section 7: sinks {-30, 0, 5, 30} (one per head,
+/// Sinks and gates from the pools of docs/design.md section 7: sinks {-30, 0, 5, 30} (one per head,
 /// rotated by the seed), gate logits {-20, 0, 20} for 30% of entries, else N(0, 2^2).
 template <class Sink, class Gate, class Mask, class Route, class E>
 problem make_problem(const case_spec& spec, int head_dim) {
@@ -576,7 +576,7 @@ inline case_spec dense(int B, int Tq, int Tk, int Hq, int Hkv, bool top_left, in
   return s;
 }
 
-/// Shapes every policy combination runs (design.md section 7's matrix, cut to what the
+/// Shapes every policy combination runs (docs/design.md section 7's matrix, cut to what the
 /// emulation affords): tile-boundary lengths 1, 63, 64, 65, 130 with Tq != Tk, GQA 1/2/4,
 /// B 1-2, both causal alignments, windows 1/3/64, streaming sink tokens 0-4, fixed sinks
 /// {-30, 0, 5, 30} (learned sinks take the same pool per head, see make_problem).

@@ -134,7 +134,7 @@ inline ref::config make_config(const combo& cb, const shape& s, double fixed_sin
 /// (and the oracle) see exactly the same inputs.
 struct input_options {
   double q_scale = 1.0;                             ///< q ~ N(0, q_scale^2)
-  std::vector<double> sink_pool{-30, 0, 5, 30};     ///< special sink logits (design.md section 7)
+  std::vector<double> sink_pool{-30, 0, 5, 30};     ///< special sink logits (design.md sec. 7)
   double sink_special_prob = 0.6;                   ///< else sink ~ N(0, 2^2)
   std::vector<double> gate_pool{-20, 0, 20};        ///< special gate logits
   double gate_special_prob = 0.3;                   ///< else gate logit ~ N(0, 2^2)
@@ -311,7 +311,7 @@ inline bool fa_rule_holds(const std::vector<double>& lib, const std::vector<doub
   return max_err(lib, oracle) <= 2 * max_err(naive, oracle) + fa_atol(oracle, atol_rel, abs_floor);
 }
 
-/// FlashAttention's rule (design.md section 7): err(lib) <= 2 err(naive) + atol, both max abs
+/// FlashAttention's rule (docs/design.md section 7): err(lib) <= 2 err(naive) + atol, both max abs
 /// errors against the fp64 oracle, atol = fa_atol(oracle, atol_rel, abs_floor). Float eps is
 /// 1.19e-7, so atol_rel = 6e-7 is 5 ulp of the tensor's magnitude and 1e-6 about 8. Non-finite
 /// oracle entries must be matched exactly, and nothing may be NaN.

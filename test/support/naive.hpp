@@ -1,7 +1,7 @@
 // A naive explicit-matrix attention in a chosen precision F (float or double), for
-// FlashAttention's tolerance rule (design.md section 7): a library result in precision p passes
-// when its error against the fp64 oracle is at most 2x the error of this naive computation in
-// the same precision p, plus a small atol.
+// FlashAttention's tolerance rule (docs/design.md section 7): a library result in precision p
+// passes when its error against the fp64 oracle is at most 2x the error of this naive
+// computation in the same precision p, plus a small atol.
 //
 // Same math as the oracle (test/support/reference.hpp), computed in the most direct way in F:
 // inputs are rounded to F once, every score, exponential, sum and product is done in F. It shares
@@ -143,7 +143,7 @@ ref::forward_result forward(const ref::config& c, const ref::inputs& in_d) {
 }
 
 /// Reverse mode of L = sum(out*dout) + sum(lse*dlse over finite lse) + sum(G*drouter), naively
-/// in F (the oracle's derivation, paper.md section 5, evaluated in F).
+/// in F (the oracle's derivation, docs/method.md section 5, evaluated in F).
 template <class F>
 ref::gradients backward(const ref::config& c, const ref::inputs& in_d, const ref::cotangents& ct_d) {
   const detail::inputs_f<F> in = detail::convert<F>(in_d);

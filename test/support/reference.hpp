@@ -308,7 +308,7 @@ inline gradients backward(const config& c, const inputs& in, const cotangents& c
 // mu = mean_R Imp, var = sum_R (Imp - mu)^2 / (n, or n - 1 with sample_std), CV = sqrt(var)/mu,
 // loss = lambda n CV^2.
 // dloss/dImp[h] = lambda n (2 (Imp[h] - mu) / (den mu^2) - 2 var / (n mu^3)) for h in R, else 0
-//   (population: (2 lambda / mu^2)(Imp[h] - mu (1 + CV^2)), paper.md section 5);
+//   (population: (2 lambda / mu^2)(Imp[h] - mu (1 + CV^2)), docs/method.md section 5);
 // drouter[b,h,t] = dloss/dImp[h] / N on counted tokens, else 0.
 // Degenerate (no counted token, n == 0, n < 2 with sample std, or mu == 0): cv = loss = 0 and a
 // zero gradient.

@@ -81,7 +81,7 @@ struct gradients {
 };
 
 /// Cotangents for a problem: dout ~ N(0, 1) rounded to E, drouter ~ N(0, 1) and dlse ~ N(0, 1)
-/// rounded to float (a loss on out, on G and on the lse at once, paper.md section 5).
+/// rounded to float (a loss on out, on G and on the lse at once, docs/method.md section 5).
 template <class E>
 ref::cotangents make_cotangents(const fc::problem& pb) {
   std::mt19937_64 rng(pb.spec.seed * 7919u + 17u);
@@ -230,7 +230,7 @@ unfused_run run_unfused(const fc::problem& pb, const ref::cotangents& ct, int ch
 }
 
 /// The naive 16-bit backward of the tolerance rule (header comment), on the naive forward's
-/// out and lse. Visibility comes from the mask policy, the rest is written out from paper.md
+/// out and lse. Visibility comes from the mask policy, the rest is written out from docs/method.md
 /// section 5 in the reference's runtime kinds.
 template <class Attn, class E>
 gradients naive16_backward(const fc::problem& pb, const fc::outputs& fwd,

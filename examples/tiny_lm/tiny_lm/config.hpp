@@ -19,7 +19,7 @@ class usage_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// The attention mechanism of every layer (paper.md sections 1-2).
+/// The attention mechanism of every layer (docs/method.md sections 1-2).
 enum class mechanism : std::uint8_t {
   vanilla,         ///< softmax attention; the first token (BOS) is the sink, G = 1 - P[t, 0]
   sink,            ///< GPT-OSS learned sink logit per head, G = 1 - sink mass

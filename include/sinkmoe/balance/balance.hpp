@@ -1,5 +1,5 @@
 #pragma once
-// Head load balancing (paper.md sections 3-5): per layer, head importance = mean router value
+// Head load balancing (docs/method.md sections 3-5): per layer, head importance = mean router value
 // over counted tokens; loss = lambda * sum_l n_l CV_l^2 over the balanced heads R_l (all heads
 // minus the m shared ones); and its gradient dL/dG to feed each layer's backward.
 //

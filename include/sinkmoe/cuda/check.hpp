@@ -1,5 +1,5 @@
 #pragma once
-// The one checking macro of the CUDA backend (design.md section 10): every CUDA runtime call
+// The one checking macro of the CUDA backend (docs/design.md section 10): every CUDA runtime call
 // goes through SINKMOE_CUDA_CHECK, which throws sinkmoe::error naming the call on failure.
 
 #include <sinkmoe/core/config.hpp>

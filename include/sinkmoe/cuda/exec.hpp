@@ -1,5 +1,5 @@
 #pragma once
-// The exec::cuda tag: where a call of the fused CUDA backend runs (design.md section 5). Kept
+// The exec::cuda tag: where a call of the fused CUDA backend runs (docs/design.md section 5). Kept
 // apart from sinkmoe/exec.hpp so that host-only builds never need the CUDA runtime headers.
 
 #include <sinkmoe/core/config.hpp>

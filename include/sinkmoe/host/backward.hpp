@@ -1,5 +1,5 @@
 #pragma once
-// CPU backward (paper.md section 5), FlashAttention-2 structure:
+// CPU backward (docs/method.md section 5), FlashAttention-2 structure:
 //  1. row preprocess per (sequence, query head): gate backward (dO, d gate logits), Delta,
 //     the row term D = Delta - gbar_sink A - dLSE, the vanilla key-0 term, the d(sink) terms;
 //  2. key tiles outer, query tiles inner: recompute P from the saved LSE, dS = P (dP - D),
@@ -167,8 +167,9 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
             p_row[j] = live ? logit - lse[t] : math::neg_inf<F>();
           }
           detail::exp_row(p_row, F(0), BK, p_row);
-          // dS = P (dP - D); the vanilla sink adds -gbar P[t,0] on key 0 (paper.md section 5).
-          // A soft-cap then multiplies by ds/d(dot); a linear score's scale is folded elsewhere.
+          // dS = P (dP - D); the vanilla sink adds -gbar P[t,0] on key 0 (docs/method.md section
+          // 5). A soft-cap then multiplies by ds/d(dot); a linear score's scale is folded
+          // elsewhere.
           const F* dp_row = dp_tile + i * BK;
           for (int j = 0; j < BK; ++j) {
             F ds = p_row[j] * (dp_row[j] - row_term[t]);

@@ -1,5 +1,5 @@
 #pragma once
-// CPU forward: flash-style tiled online softmax (paper.md sections 1-2). Never materialises
+// CPU forward: flash-style tiled online softmax (docs/method.md sections 1-2). Never materialises
 // Tq x Tk: each task owns one (sequence, query head, query tile) and streams the key tiles the
 // mask policy does not classify as empty. The sink is added once, after the last key tile.
 
@@ -174,7 +174,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       detail::tile_matmul_acc<BQ, BK>(p_tile, v_ptr, dp, dp, o_acc);
     }
 
-    // Epilogue per row: add the sink, normalise, gate, router value (paper.md section 2).
+    // Epilogue per row: add the sink, normalise, gate, router value (docs/method.md section 2).
     std::vector<F> z(static_cast<std::size_t>(std::max(shape.gate_dim, 1)));
     for (int i = 0; i < rows; ++i) {
       const int t = q0 + i;

@@ -1,6 +1,6 @@
 #pragma once
 // Gate policies: the output epilogue Y = sigmoid(z) * O and its backward prologue
-// (paper.md sections 1 and 5; Qwen3-Next / Qiu et al. 2025).
+// (docs/method.md sections 1 and 5; Qwen3-Next / Qiu et al. 2025).
 //
 // Contract (checked by sinkmoe::gate_policy), per query row of one head, z holding
 // logit_dim(head_dim) gate logits already converted to the accumulator type F:
@@ -92,7 +92,7 @@ struct headwise {
 };
 
 /// One sigmoid gate per channel (gate logits [B, Tq, Hq, D]); the router value is the channel
-/// mean of the gates (paper.md section 2: the paper does not say; this library's choice).
+/// mean of the gates (docs/method.md section 2: the paper does not say; this library's choice).
 struct elementwise {
   static constexpr const char* name = "elementwise";
   static constexpr bool enabled = true;

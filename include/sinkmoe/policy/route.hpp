@@ -1,5 +1,5 @@
 #pragma once
-// Route policies: what the router value G[t, h] is (paper.md section 2), and how its upstream
+// Route policies: what the router value G[t, h] is (docs/method.md section 2), and how its upstream
 // gradient gbar splits between the sink path and the gate path in backward.
 //
 // Contract (checked by sinkmoe::route_policy):

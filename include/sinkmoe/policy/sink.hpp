@@ -1,5 +1,6 @@
 #pragma once
-// Sink policies: where the attention mass that a head "declines" goes (paper.md sections 1-2).
+// Sink policies: where the attention mass that a head "declines" goes (docs/method.md sections
+// 1-2).
 //
 // The backends keep the online-softmax state over real keys only and add a logit sink once,
 // after the last key tile (lse_full = logaddexp(lse_keys, b)), so a split or tiled traversal can
@@ -73,7 +74,7 @@ struct fixed {
   }
 };
 
-// ---- Row formulas shared by every backend (paper.md section 5) ----
+// ---- Row formulas shared by every backend (docs/method.md section 5) ----
 
 /// What a finished softmax row knows about its sink. sink_score is the logit b (logit sinks), the
 /// score of key 0 (vanilla; -inf when key 0 is masked), or -inf when there is no sink at all.
@@ -127,8 +128,8 @@ SINKMOE_HD inline row_sink<F> row_from_lse(F lse_full, F sink_score) {
   return r;
 }
 
-/// Backward row term D[t] = Delta[t] - gbar_sink[t] * A[t] - dLSE[t] (paper.md section 5): the
-/// only change a sink (and a loss on G or on the LSE) makes to dS = P * (dP - D).
+/// Backward row term D[t] = Delta[t] - gbar_sink[t] * A[t] - dLSE[t] (docs/method.md section 5):
+/// the only change a sink (and a loss on G or on the LSE) makes to dS = P * (dP - D).
 template <class F>
 SINKMOE_HD inline F row_term(F delta, F gbar_sink, F mass, F dlse) {
   return delta - gbar_sink * mass - dlse;

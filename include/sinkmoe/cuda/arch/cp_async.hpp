@@ -1,6 +1,6 @@
 #pragma once
 // cp.async: asynchronous 16-byte copies from global to shared memory, grouped and waited on,
-// so that the next K/V tile streams in while the current one is multiplied (design.md
+// so that the next K/V tile streams in while the current one is multiplied (docs/design.md
 // section 5; the multi-stage pipeline of the fused kernels).
 //
 // Protocol, as in PTX: each thread issues copies, closes them into a group with

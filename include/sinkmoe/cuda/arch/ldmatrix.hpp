@@ -1,6 +1,6 @@
 #pragma once
 // ldmatrix: a warp loads one, two or four 8x8 matrices of 16-bit elements from shared memory
-// straight into the register fragments that mma.sync m16n8k16 consumes (design.md sections 5,
+// straight into the register fragments that mma.sync m16n8k16 consumes (docs/design.md sections 5,
 // 6). It replaces 4-byte shared loads plus shuffles when tensor-core operands come from smem.
 //
 // Layout (PTX ISA, "ldmatrix"): for .xN, lanes 8j .. 8j+7 give the addresses of rows 0..7 of

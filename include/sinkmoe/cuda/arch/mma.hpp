@@ -1,6 +1,6 @@
 #pragma once
 // mma.sync m16n8k16 with bf16 or fp16 inputs and fp32 accumulation: the tensor-core step of
-// the fused kernels on sm_80 and later (design.md section 5; S = Q K^T and O = P V are chains
+// the fused kernels on sm_80 and later (docs/design.md section 5; S = Q K^T and O = P V are chains
 // of it). D (16x8) = A (16x16, row-major) * B (16x8, column-major) + C.
 //
 // Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), with

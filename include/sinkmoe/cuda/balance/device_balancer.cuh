@@ -1,5 +1,5 @@
 #pragma once
-// Head balancing on the GPU (paper.md section 4): balance::importance_cv2's loss, metrics and
+// Head balancing on the GPU (docs/method.md section 4): balance::importance_cv2's loss, metrics and
 // dL/dG computed by the kernels of sinkmoe/cuda/balance_kernels.hpp on the caller's stream,
 // deterministically (fixed-order reductions, no atomics: bitwise repeatable). nvcc only.
 //

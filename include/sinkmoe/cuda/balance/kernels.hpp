@@ -1,5 +1,5 @@
 #pragma once
-// Head balancing on the GPU (paper.md section 4; issue 3 item 4): the loss of
+// Head balancing on the GPU (docs/method.md section 4): the loss of
 // balance::importance_cv2 (sinkmoe/balance/balance.hpp) as three kernels written only against
 // the primitive layer sinkmoe::arch, plus the host-side pieces that validate, lay out the
 // device workspace, build the kernels' parameters and read results back. The nvcc entry point

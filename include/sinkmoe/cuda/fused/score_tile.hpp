@@ -62,10 +62,11 @@ struct element_stats {
 /// non-linear score. stats(m, n, i) gives the element_stats of an element; `check` (block-uniform:
 /// a partial tile or one past the keys or rows) turns on the per-element visibility test,
 /// `key0_tile` (the tile holds key 0 and the sink is key 0) the key-0 term.
-template <bool Key0Sink, class Score, class Mask, int M, int N, class Stats>
-SINKMOE_DEVICE void recompute_p_ds(float (&s)[M][N][4], float (&dp)[M][N][4], const Score& score,
-                                   const Mask& mask, float log2_scale, bool check, bool partial,
-                                   bool key0_tile, Stats&& stats) {
+template <bool Key0Sink, bool Checked, bool Key0Tile, class Score, class Mask, int M, int N,
+          class Stats>
+SINKMOE_DEVICE void recompute_p_ds_as(float (&s)[M][N][4], float (&dp)[M][N][4], const Score& score,
+                                      const Mask& mask, float log2_scale, bool partial,
+                                      Stats&& stats) {
   SINKMOE_ARCH_UNROLL
   for (int m = 0; m < M; ++m) SINKMOE_ARCH_UNROLL
   for (int n = 0; n < N; ++n) SINKMOE_ARCH_UNROLL
@@ -77,15 +78,36 @@ SINKMOE_DEVICE void recompute_p_ds(float (&s)[M][N][4], float (&dp)[M][N][4], co
       x = score.transform(x);
     }
     float arg = x * log2_scale - e.lse_log2;
-    if (check && !(e.inside && (!partial || mask.visible(e.t, e.j)))) arg = math::neg_inf<float>();
+    if constexpr (Checked)
+      if (!(e.inside && (!partial || mask.visible(e.t, e.j)))) arg = math::neg_inf<float>();
     const float prob = arch::exp2_ftz(arg);
     float ds = prob * (dp[m][n][i] - e.term);
     if constexpr (Key0Sink)
-      if (key0_tile && e.j == 0 && prob != 0.0f) ds -= e.key0;
+      if (Key0Tile && e.j == 0 && prob != 0.0f) ds -= e.key0;
     if constexpr (!Score::is_linear) ds *= dscore;
     s[m][n][i] = prob;
     dp[m][n][i] = ds;
   }
+}
+
+/// Backward: s[M][N] holds raw dots, dp[M][N] dP; on return s holds P (fp32, 0 where hidden) and
+/// dp holds dS = P (dP - D) (minus the vanilla key-0 term on key 0) times d(score)/d(q.k) for a
+/// non-linear score. stats(m, n, i) gives the element_stats of an element; `check` (block-uniform:
+/// a partial tile or one past the keys) selects the copy of the loop with the per-element
+/// visibility test, so that interior tiles run without it; `key0_tile` (the tile holds key 0)
+/// turns on the key-0 term.
+template <bool Key0Sink, class Score, class Mask, int M, int N, class Stats>
+SINKMOE_DEVICE void recompute_p_ds(float (&s)[M][N][4], float (&dp)[M][N][4], const Score& score,
+                                   const Mask& mask, float log2_scale, bool check, bool partial,
+                                   bool key0_tile, Stats&& stats) {
+  // The tile holding key 0 is a boundary tile of its own (the vanilla sink's term), so interior
+  // tiles run neither test.
+  if (Key0Sink && key0_tile)
+    recompute_p_ds_as<Key0Sink, true, true>(s, dp, score, mask, log2_scale, partial, stats);
+  else if (check)
+    recompute_p_ds_as<Key0Sink, true, false>(s, dp, score, mask, log2_scale, partial, stats);
+  else
+    recompute_p_ds_as<Key0Sink, false, false>(s, dp, score, mask, log2_scale, partial, stats);
 }
 
 }  // namespace sinkmoe::fused::score_tile

@@ -1,6 +1,6 @@
 #pragma once
-// The unfused attention algorithm (design.md section 5; paper.md sections 1, 2, 5), written
-// once over two providers so that CI runs it without a GPU:
+// The unfused attention algorithm (docs/design.md section 5; docs/method.md sections 1, 2, 5),
+// written once over two providers so that CI runs it without a GPU:
 //
 //   Device::gemm(const gemm_desc&)                       strided-batched GEMM (unfused/gemm.hpp)
 //   Device::template launch<Kernel>(launch_shape, params)  one row kernel (unfused/row_kernels.hpp)

@@ -1,5 +1,5 @@
 #pragma once
-// The GEMM the unfused attention path asks for (design.md section 5), as a plain description
+// The GEMM the unfused attention path asks for (docs/design.md section 5), as a plain description
 // that compiles without the CUDA toolkit: the algorithm (unfused/algorithm.hpp) is written once
 // against it, and a provider executes it -- blaslt::context (cuBLASLt) on the GPU
 // (unfused/unfused.cuh), plain loops in the tests (test/support/unfused_host_gemm.hpp).

@@ -1,6 +1,6 @@
 #pragma once
-// Row kernels of the unfused attention path (design.md section 5): everything between the GEMMs
-// of unfused/algorithm.hpp, written only against the primitive layer sinkmoe::arch and the
+// Row kernels of the unfused attention path (docs/design.md section 5): everything between the
+// GEMMs of unfused/algorithm.hpp, written only against the primitive layer sinkmoe::arch and the
 // policy hooks (the single semantic source shared with host/forward.hpp and host/backward.hpp),
 // so that the same source runs on the GPU (nvcc, arch::launch) and in the host emulation of the
 // tests (g++, arch::emulated_launch).
@@ -13,10 +13,10 @@
 //   forward_rows_kernel      warp per row: S -> Score::transform, Mask::visible, two-pass
 //                            softmax over real keys, the sink added once by sink::finish_row,
 //                            P = exp(s - lse_full) rounded to Element (already normalised, so
-//                            O = P V needs no rescaling), row statistics (paper.md section 2)
+//                            O = P V needs no rescaling), row statistics (docs/method.md section 2)
 //   forward_epilogue_kernel  thread per row: Gate::forward_row on the fp32 O row, out, lse,
 //                            router value (Route::router), first-key mass
-//   backward_rows_kernel     thread per row (paper.md section 5): Gate::backward_row (dO and
+//   backward_rows_kernel     thread per row (docs/method.md section 5): Gate::backward_row (dO and
 //                            d gate logits), Delta, D = sink::row_term(...), the vanilla key-0
 //                            term, one d(sink) term per row (sink::logit_grad)
 //   backward_scores_kernel   warp per row: P recomputed from the saved lse, dS = P (dP - D)
@@ -282,7 +282,7 @@ struct backward_rows_params {
   chunk_geometry chunk;
 };
 
-/// Backward row preprocess, a thread per row (paper.md section 5; host/backward.hpp step 1).
+/// Backward row preprocess, a thread per row (docs/method.md section 5; host/backward.hpp step 1).
 template <class Attn, class Element>
 struct backward_rows_kernel {
   using sink_type = typename Attn::sink_type;
@@ -390,8 +390,8 @@ struct backward_scores_params {
 };
 
 /// dS rows, a warp per row: P = exp(s - lse) on visible keys, dS = P (dP - D), the vanilla
-/// sink's -gbar A on key 0 (paper.md section 5), times Score::derivative (the scale for a linear
-/// score, so dQ = dS K and dK = dS^T Q need no further factor).
+/// sink's -gbar A on key 0 (docs/method.md section 5), times Score::derivative (the scale for a
+/// linear score, so dQ = dS K and dK = dS^T Q need no further factor).
 template <class Attn, class Element>
 struct backward_scores_kernel {
   using sink_type = typename Attn::sink_type;

@@ -1,5 +1,5 @@
 #pragma once
-// exec::cuda unfused attention (design.md section 5): the algorithm of unfused/algorithm.hpp
+// exec::cuda unfused attention (docs/design.md section 5): the algorithm of unfused/algorithm.hpp
 // with cuBLASLt strided-batched GEMMs (blaslt::context) and the row kernels launched on the
 // caller's stream. Any head dim (every GEMM and row kernel takes D at run time), bf16 / fp16
 // inputs, fp32 compute. nvcc only.
