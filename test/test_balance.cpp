@@ -10,12 +10,19 @@
 //    inputs (no counted token, all-zero router) without NaN;
 //  - sum_h dL/dImp_h = -2 lambda n CV^2 / mu; dL/dG matches central differences of the loss;
 //  - first_token_sink_fraction (Gu et al., threshold 0.3) on hand-made data;
-//  - results do not depend on the thread count (bitwise).
+//  - results do not depend on the thread count (bitwise);
+//  - head_metrics() on hand-computed sums (several dormant thresholds, a layer with no counted
+//    token), bitwise equal to evaluate()'s fields, and its argument checks;
+//  - the range overloads (std::vector, std::array, C array, std::span; F deduced) give bitwise the
+//    results of the span calls.
 #define BOOST_TEST_MODULE balance
 #include <algorithm>
+#include <array>
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <cstdint>
+#include <functional>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <sinkmoe/sinkmoe.hpp>
@@ -627,4 +634,209 @@ BOOST_AUTO_TEST_CASE(results_do_not_depend_on_threads) {
     }
   }
   BOOST_TEST(reps[0].loss > 0);
+}
+
+// 2 layers x 4 heads. Layer 0: 10 counted tokens, importance {0.05, 0.15, 0.3, 0.5}: head 0 is
+// dormant under 0.1, head 1 under 0.2 only. Layer 1: no counted token.
+BOOST_AUTO_TEST_CASE(head_metrics_hand_computed) {
+  bal::importance_sums sums;
+  sums.layers = 2, sums.heads = 4;
+  sums.router_sum = {0.5, 1.5, 3.0, 5.0, 0.0, 0.0, 0.0, 0.0};
+  sums.token_count = {10, 0};
+  const bal::head_metrics_report m = bal::head_metrics(sums, {0.1, 0.2});
+  BOOST_TEST(m.dormant_thresholds == (std::vector<double>{0.1, 0.2}));
+  BOOST_TEST_REQUIRE(m.layers.size() == 2u);
+  const auto tol = boost::test_tools::tolerance(1e-14);
+  const auto& l0 = m.layers[0];
+  BOOST_TEST(l0.tokens == 10.0);
+  BOOST_TEST(l0.importance == (std::vector<double>{0.05, 0.15, 0.3, 0.5}), tol);
+  // mean 0.25; squared deviations 0.04 + 0.01 + 0.0025 + 0.0625 = 0.115.
+  const double cv0 = std::sqrt(0.115 / 4) / 0.25, scv0 = std::sqrt(0.115 / 3) / 0.25;
+  BOOST_TEST(l0.cv == cv0, tol);
+  BOOST_TEST(l0.sample_cv == scv0, tol);
+  BOOST_TEST(l0.effective_heads == 1.0 / 0.365, tol);  // (sum 1)^2 / sum of squares 0.365
+  BOOST_TEST(l0.dormant_fraction == (std::vector<double>{0.25, 0.5}));
+  const auto& l1 = m.layers[1];
+  BOOST_TEST(l1.tokens == 0.0);
+  BOOST_TEST(l1.importance == std::vector<double>(4, 0.0));
+  BOOST_TEST(l1.cv == 0.0);
+  BOOST_TEST(l1.sample_cv == 0.0);
+  BOOST_TEST(l1.effective_heads == 0.0);
+  BOOST_TEST(l1.dormant_fraction == (std::vector<double>{1.0, 1.0}));
+  BOOST_TEST(m.mean_cv == cv0 / 2, tol);
+  BOOST_TEST(m.mean_sample_cv == scv0 / 2, tol);
+  BOOST_TEST(m.mean_effective_heads == 0.5 / 0.365, tol);
+  BOOST_TEST(m.mean_dormant_fraction == (std::vector<double>{0.625, 0.75}));
+  // Default: the single threshold 0.1; a span of thresholds; none at all.
+  const auto d = bal::head_metrics(sums);
+  BOOST_TEST(d.dormant_thresholds == std::vector<double>{0.1});
+  BOOST_TEST(d.layers[0].dormant_fraction == std::vector<double>{0.25});
+  const std::array<double, 3> t{0.2, 0.0, 1.0};  // order kept, need not be sorted
+  const auto a = bal::head_metrics(sums, t);
+  BOOST_TEST(a.layers[0].dormant_fraction == (std::vector<double>{0.5, 0.0, 1.0}));
+  BOOST_TEST(a.layers[0].cv == l0.cv);
+  BOOST_TEST(bal::head_metrics(sums, {}).layers[0].dormant_fraction.empty());
+}
+
+// One source for the formulas: every metric field of evaluate() equals head_metrics() bitwise.
+BOOST_AUTO_TEST_CASE(head_metrics_equal_evaluate_fields) {
+  std::mt19937 rng(41);
+  std::vector<layer_data> layers;
+  for (int l = 0; l < 3; ++l) layers.push_back(random_layer(rng, 2, 6, 8, 0.05));
+  bal::importance_sums sums = bal::accumulate<double>(
+      sm::exec::host{1}, std::span<const bal::layer_input<double>>(inputs_of(layers)));
+  sums.token_count.push_back(0);  // and a layer with no counted token
+  sums.router_sum.insert(sums.router_sum.end(), 6, 0.0);
+  ++sums.layers;
+  const bal::head_metrics_report m = bal::head_metrics(sums, {0.1, 0.3});
+  for (bool sample : {false, true})
+    for (int k = 0; k < 2; ++k) {
+      BOOST_TEST_CONTEXT("sample_std=" << sample << " threshold " << m.dormant_thresholds[k]) {
+        const bal::importance_cv2 reg{.lambda = 0.2,
+                                      .shared_heads = 1,
+                                      .sample_std = sample,
+                                      .dormant_threshold = m.dormant_thresholds[k]};
+        const bal::report rep = reg.evaluate(sums);
+        BOOST_TEST(rep.mean_cv == (sample ? m.mean_sample_cv : m.mean_cv));
+        for (int l = 0; l < sums.layers; ++l) {
+          const auto& lr = rep.layers[l];
+          const auto& hm = m.layers[l];
+          BOOST_TEST(lr.importance == hm.importance);
+          BOOST_TEST(lr.cv == (sample ? hm.sample_cv : hm.cv));
+          BOOST_TEST(lr.effective_heads == hm.effective_heads);
+          BOOST_TEST(lr.dormant_fraction == hm.dormant_fraction[k]);
+          BOOST_TEST(lr.tokens == hm.tokens);
+        }
+      }
+    }
+  // Some fraction actually differs between the two thresholds (the check above is not vacuous).
+  BOOST_TEST(m.mean_dormant_fraction[0] < m.mean_dormant_fraction[1]);
+}
+
+namespace {
+/// Runs f, which must throw sinkmoe::error whose message holds every one of `parts`.
+void throws_naming(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    BOOST_ERROR("no exception; expected one naming " << parts[0]);
+  } catch (const sm::error& e) {
+    const std::string what = e.what();
+    for (const auto& p : parts)
+      BOOST_TEST(what.find(p) != std::string::npos, "'" << what << "' lacks '" << p << "'");
+  }
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(head_metrics_validates_sums_and_thresholds) {
+  const bal::importance_sums good = make_sums({{0.1, 0.2}, {0.3, 0.4}}, 5);
+  BOOST_TEST(bal::head_metrics(good).layers.size() == 2u);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  const bal::importance_cv2 reg{.lambda = 0.1};
+  // The sums checks are shared with evaluate(): same messages from both.
+  const std::vector<std::pair<std::function<void(bal::importance_sums&)>, std::vector<std::string>>>
+      sums_cases = {
+          {[](auto& s) { s.router_sum.push_back(1.0); },
+           {"importance_sums: router_sum holds 5 values", "expected 4 and 2"}},
+          {[](auto& s) { s.token_count.pop_back(); },
+           {"importance_sums: router_sum holds 4 values and token_count 1"}},
+          {[](auto& s) { s.token_count[1] = -1; }, {"importance_sums.token_count holds -1"}},
+          {[&](auto& s) { s.token_count[0] = nan; }, {"importance_sums.token_count holds nan"}},
+          {[](auto& s) { s.heads = 0; }, {"importance_sums: 2 layers x 0 heads"}},
+          {[](auto& s) { s.layers = 0; }, {"importance_sums: 0 layers x 2 heads"}},
+      };
+  for (const auto& [mutate, parts] : sums_cases) {
+    bal::importance_sums bad = good;
+    mutate(bad);
+    throws_naming([&] { (void)bal::head_metrics(bad, {0.1}); }, parts);
+    throws_naming([&] { (void)reg.evaluate(bad); }, parts);
+  }
+  throws_naming(
+      [&] {
+        (void)bal::head_metrics(good, {0.1, nan});
+      },
+      {"head_metrics: dormant_thresholds[1] = nan", "finite"});
+  const std::vector<double> t{-inf, 0.5};
+  throws_naming([&] { (void)bal::head_metrics(good, t); },
+                {"head_metrics: dormant_thresholds[0] = -inf", "finite"});
+  bal::importance_cv2 nan_threshold = reg;
+  nan_threshold.dormant_threshold = nan;
+  throws_naming([&] { (void)nan_threshold.evaluate(good); },
+                {"importance_cv2.dormant_threshold = nan", "finite"});
+}
+
+// The range overloads deduce F and forward to the span versions: bitwise the same results.
+BOOST_AUTO_TEST_CASE(range_overloads_match_span_calls) {
+  std::mt19937 rng(57);
+  std::vector<layer_data> layers{random_layer(rng, 2, 5, 6), random_layer(rng, 2, 5, 6)};
+  const bal::importance_cv2 reg{.lambda = 0.3, .shared_heads = 1};
+  const sm::exec::host ex{2};
+  const std::vector<bal::layer_input<double>> vec = inputs_of(layers);
+  const std::array<bal::layer_input<double>, 2> arr{vec[0], vec[1]};
+  const bal::layer_input<double> carr[2] = {vec[0], vec[1]};
+  const std::span<const bal::layer_input<double>> span(vec);
+
+  grad_buffers g_ref(layers);
+  const bal::report want = reg.forward_backward<double>(
+      ex, span, std::span<const sm::tensor_view<double, 3>>(g_ref.views));
+  const bal::importance_sums sums_want = bal::accumulate<double>(ex, span);
+
+  const auto same_report = [&](const bal::report& got) {
+    BOOST_TEST(got.loss == want.loss);
+    BOOST_TEST(got.mean_cv == want.mean_cv);
+    for (std::size_t l = 0; l < 2; ++l) {
+      BOOST_TEST(got.layers[l].importance == want.layers[l].importance);
+      BOOST_TEST(got.layers[l].shared == want.layers[l].shared);
+    }
+  };
+  const auto same_sums = [&](const bal::importance_sums& got) {
+    BOOST_TEST(got.router_sum == sums_want.router_sum);
+    BOOST_TEST(got.token_count == sums_want.token_count);
+  };
+  same_sums(bal::accumulate(ex, vec));
+  same_sums(bal::accumulate(ex, arr));
+  same_sums(bal::accumulate(ex, carr));
+  same_sums(bal::accumulate(ex, span));               // the span version itself, F deduced
+  same_sums(bal::accumulate(ex, std::span(vec)));     // span<layer_input<double>>: non-const
+  same_sums(bal::accumulate(ex, inputs_of(layers)));  // an rvalue vector
+  same_report(reg.forward(ex, vec));
+  same_report(reg.forward(ex, arr));
+
+  {  // forward_backward with vector / array / span of drouter views
+    grad_buffers g(layers);
+    same_report(reg.forward_backward(ex, vec, g.views));
+    for (std::size_t l = 0; l < 2; ++l) BOOST_TEST(g.data[l] == g_ref.data[l]);
+  }
+  {
+    grad_buffers g(layers);
+    const std::array<sm::tensor_view<double, 3>, 2> views{g.views[0], g.views[1]};
+    same_report(reg.forward_backward(ex, arr, views));
+    for (std::size_t l = 0; l < 2; ++l) BOOST_TEST(g.data[l] == g_ref.data[l]);
+  }
+  {
+    grad_buffers g(layers);
+    same_report(reg.forward_backward(ex, span, std::span(g.views)));
+    for (std::size_t l = 0; l < 2; ++l) BOOST_TEST(g.data[l] == g_ref.data[l]);
+  }
+  {
+    grad_buffers g(layers);
+    same_report(reg.forward_backward(ex, carr, g.views));
+    for (std::size_t l = 0; l < 2; ++l) BOOST_TEST(g.data[l] == g_ref.data[l]);
+  }
+  {
+    grad_buffers g(layers);
+    reg.router_grad(ex, want, arr, g.views);
+    for (std::size_t l = 0; l < 2; ++l) BOOST_TEST(g.data[l] == g_ref.data[l]);
+  }
+  BOOST_TEST(bal::first_token_sink_fraction(vec, 0.4) ==
+             bal::first_token_sink_fraction<double>(span, 0.4));
+  BOOST_TEST(bal::first_token_sink_fraction(arr) == bal::first_token_sink_fraction<double>(span));
+
+  // The example: float inputs in an rvalue std::vector, F = float deduced.
+  std::vector<float> router_f(layers[0].router.begin(), layers[0].router.end());
+  const bal::importance_sums sf =
+      bal::accumulate(ex, std::vector<bal::layer_input<float>>{
+                              {{router_f.data(), {2, 5, 6}}, {layers[0].counted.data(), {2, 6}}}});
+  BOOST_TEST(sf.layers == 1);
+  BOOST_TEST(sf.token_count[0] == sums_want.token_count[0]);
 }
