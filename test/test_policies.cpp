@@ -9,7 +9,7 @@
 //          logit_grad against hand values;
 //  gate    forward_row / router_value / backward_row against finite differences in double,
 //          extreme logits without NaN;
-//  route   router and split; route::deduced; attention<>::excludes_first_query; the aliases.
+//  route   router and split; route::deduced; attention<>::excludes_sink_only_queries; the aliases.
 #define BOOST_TEST_MODULE policies
 #include <algorithm>
 #include <boost/test/unit_test.hpp>
@@ -769,22 +769,22 @@ BOOST_AUTO_TEST_CASE(deduced_route) {
               route::product>));
 }
 
-BOOST_AUTO_TEST_CASE(excludes_first_query) {
+BOOST_AUTO_TEST_CASE(excludes_sink_only_queries) {
   using namespace sm;
   // Vanilla: key 0 is the sink and G = 1 - P[t, 0]; the first query's G is structurally 0.
-  BOOST_TEST(vanilla_attention<>::excludes_first_query);
-  BOOST_TEST((attention<sink::none, gate::none, mask::sliding_window>::excludes_first_query));
+  BOOST_TEST(vanilla_attention<>::excludes_sink_only_queries);
+  BOOST_TEST((attention<sink::none, gate::none, mask::sliding_window>::excludes_sink_only_queries));
   // A logit sink: the first query has a real router value.
-  BOOST_TEST(!sink_attention<>::excludes_first_query);
-  BOOST_TEST(!(attention<sink::fixed, gate::none, mask::causal>::excludes_first_query));
+  BOOST_TEST(!sink_attention<>::excludes_sink_only_queries);
+  BOOST_TEST(!(attention<sink::fixed, gate::none, mask::causal>::excludes_sink_only_queries));
   // Gated: G is the gate, not the sink mass.
-  BOOST_TEST(!gated_attention<>::excludes_first_query);
-  BOOST_TEST(!(gated_attention<mask::causal, gate::headwise>::excludes_first_query));
+  BOOST_TEST(!gated_attention<>::excludes_sink_only_queries);
+  BOOST_TEST(!(gated_attention<mask::causal, gate::headwise>::excludes_sink_only_queries));
   // Product with a vanilla sink still multiplies by 1 - P[t, 0] = 0 at the first query.
   BOOST_TEST(
-      (attention<sink::none, gate::headwise, mask::causal, route::product>::excludes_first_query));
+      (attention<sink::none, gate::headwise, mask::causal, route::product>::excludes_sink_only_queries));
   BOOST_TEST(!(attention<sink::learned, gate::headwise, mask::causal,
-                         route::product>::excludes_first_query));
+                         route::product>::excludes_sink_only_queries));
 }
 
 BOOST_AUTO_TEST_CASE(aliases_have_expected_policies) {

@@ -1,8 +1,9 @@
 // sinkmoe quickstart: the three mechanisms of the paper on random data.
 //
 // For each of Vanilla (sink = first token), Sink (GPT-OSS learned logit, sliding window) and
-// Gated (Qwen3-Next elementwise gate, read from an interleaved [q | gate] projection by
-// strides): forward, the head-balancing loss on the router values, and a backward that folds
+// Gated (Qwen3-Next elementwise gate, read by strides from an interleaved [q | gate]
+// projection; in the real model q then goes through q_norm and RoPE into its own tensor, here it
+// is read from the projection too, to keep the demo short): forward, the head-balancing loss on the router values, and a backward that folds
 // the loss gradient in. Prints each head's importance (mean router value G).
 #include <cmath>
 #include <cstdio>
@@ -64,7 +65,8 @@ void run(const char* name, const random_tensors& in, const sinkmoe::attention_pa
   using Gate = typename Attn::gate_type;
   const sinkmoe::exec::host exec{};  // all cores
 
-  // q and gate logits are two strided views into one [B, T, H, 2D] projection, no copy.
+  // q and gate logits: two strided views into one [B, T, H, 2D] projection, no copy (Qwen3-Next
+  // normalises and rotates q first, so there only the gate is a view of the projection).
   const std::array<sinkmoe::index_t, 4> qg_strides{T * H * 2 * D, H * 2 * D, 2 * D, 1};
   std::vector<float> out(std::size_t(B) * T * H * D), lse(std::size_t(B) * H * T),
       router(lse.size());

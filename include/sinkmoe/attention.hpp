@@ -3,7 +3,6 @@
 // section 3) and dispatches to a backend. Vanilla, Sink and Gated attention are aliases over it.
 
 #include <cstdint>
-#include <type_traits>
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/exec.hpp>
@@ -15,7 +14,9 @@
 #include <sinkmoe/policy/route.hpp>
 #include <sinkmoe/policy/score.hpp>
 #include <sinkmoe/policy/sink.hpp>
+#include <sinkmoe/policy/tiles.hpp>
 #include <sinkmoe/validate.hpp>
+#include <type_traits>
 
 namespace sinkmoe {
 
@@ -40,9 +41,12 @@ struct attention {
   static_assert(!route_type::uses_gate || Gate::enabled,
                 "this route reads the output gate, but the gate policy is gate::none");
 
-  /// True when the router value of the query at absolute position 0 is structurally 0 (vanilla:
-  /// its only key is the sink), so balancing leaves that query out (docs/method.md section 5).
-  static constexpr bool excludes_first_query = Sink::first_key_is_sink && route_type::uses_sink;
+  /// True when a query whose only visible key is the sink has a router value that is
+  /// structurally 0 (vanilla, route on the sink: the sink is the first real key), so balancing
+  /// leaves such queries out (docs/method.md section 5). Which queries those are is the mask's
+  /// call: the first query of a causal mask, none under mask::none with more than one key.
+  static constexpr bool excludes_sink_only_queries =
+      Sink::first_key_is_sink && route_type::uses_sink;
 
   /// Checks every argument; throws sinkmoe::error naming the first bad one. Writes nothing.
   template <class T>
@@ -76,19 +80,20 @@ struct attention {
   /// same arguments, validation and semantics; see the backend's header for what it adds
   /// (element types, head dims, alignment, synchronisation).
   template <class Exec, class T>
-    requires(!std::is_same_v<Exec, exec::host>)
-  static void forward(const Exec& ex, const forward_args<T>& args) {
+  requires(!std::is_same_v<Exec, exec::host>) static void forward(const Exec& ex,
+                                                                  const forward_args<T>& args) {
     backend<Exec>::template forward<attention>(ex, args);
   }
   template <class Exec, class T>
-    requires(!std::is_same_v<Exec, exec::host>)
-  static void backward(const Exec& ex, const forward_args<T>& args,
-                       const backward_args<T>& grads) {
+  requires(!std::is_same_v<Exec, exec::host>) static void backward(const Exec& ex,
+                                                                   const forward_args<T>& args,
+                                                                   const backward_args<T>& grads) {
     backend<Exec>::template backward<attention>(ex, args, grads);
   }
 
-  /// Marks the query rows [B, Tq] whose router values count towards head importance: rows that
-  /// see at least one key, minus the vanilla first query, and (if given) where token_mask != 0.
+  /// Marks the query rows [B, Tq] whose router values count towards head importance: real rows
+  /// (not padding) that see at least one key, minus the queries that see the vanilla sink alone
+  /// (excludes_sink_only_queries), and (if given) where token_mask != 0. Writes every row.
   template <class T>
   static void counted_tokens(const forward_args<T>& args, tensor_view<std::uint8_t, 2> counted,
                              tensor_view<const std::uint8_t, 2> token_mask = {}) {
@@ -96,14 +101,15 @@ struct attention {
     detail::require_shape("counted_tokens.counted", counted, {shape.batch, shape.tq});
     if (!token_mask.empty())
       detail::require_shape("counted_tokens.token_mask", token_mask, {shape.batch, shape.tq});
+    for (index_t b = 0; b < shape.batch; ++b)
+      for (index_t t = 0; t < shape.tq; ++t) counted(b, t) = 0;  // padding stays 0
     for (int s = 0; s < shape.num_seqs; ++s) {
-      const sequence_span span = sequence_at(shape, args.varlen, s);
+      const sequence_span span = sequence_at(shape, args, s);
       const Mask mask(args.params, span.tq, span.tk);
       for (int t = 0; t < span.tq; ++t) {
         const int row = span.q_begin + t;
-        bool counts = host::detail::row_has_visible_key(mask, t);
-        const int position = t + mask::detail::diagonal_offset(args.params, span.tq, span.tk);
-        if (excludes_first_query && position == 0) counts = false;
+        bool counts = row_has_visible_key(mask, t);
+        if (excludes_sink_only_queries && row_sees_only_first_key(mask, t)) counts = false;
         if (!token_mask.empty() && token_mask(span.batch_index, row) == 0) counts = false;
         counted(span.batch_index, row) = counts ? 1 : 0;
       }

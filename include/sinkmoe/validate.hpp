@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/error.hpp>
+#include <sinkmoe/core/overlap.hpp>
 #include <sinkmoe/core/tensor_view.hpp>
 #include <type_traits>
 
@@ -77,6 +78,24 @@ inline void check_varlen(const varlen_batch& vl, index_t total_q, index_t total_
   check_offsets(vl.cu_seqlens_k, "varlen.cu_seqlens_k", total_k, vl.max_seqlen_k);
 }
 
+/// A padded batch's lengths: [B] views of values in [0, T] (read only where readable).
+inline void check_sequence_lengths(const sequence_lengths& lengths, index_t batch, index_t tq,
+                                   index_t tk, offsets what) {
+  require(lengths.side == padding_side::right || lengths.side == padding_side::left,
+          "forward_args.seqlens.side = ", static_cast<int>(lengths.side), ": not a padding_side value");
+  const auto check = [&](const tensor_view<const std::int32_t, 1>& view, const char* name,
+                         index_t rows) {
+    if (view.empty()) return;
+    require_shape(name, view, {batch});
+    if (what == offsets::trusted) return;
+    for (index_t b = 0; b < batch; ++b)
+      require(view(b) >= 0 && view(b) <= rows, name, "[", b, "] = ", view(b), ": must be in [0, ",
+              rows, "] (the tensor's T)");
+  };
+  check(lengths.q, "forward_args.seqlens.q", tq);
+  check(lengths.k, "forward_args.seqlens.k", tk);
+}
+
 /// Validates forward arguments against the policies; returns the problem sizes.
 template <class Sink, class Gate, class Mask, class Score, class T>
 problem_shape validate_forward(const forward_args<T>& a,
@@ -123,6 +142,9 @@ problem_shape validate_forward(const forward_args<T>& a,
       static_cast<int>(batch), static_cast<int>(batch), static_cast<int>(tq), static_cast<int>(tk),
       static_cast<int>(hq),    static_cast<int>(hkv),   static_cast<int>(d),  gate_dim};
   if (a.varlen.enabled()) {
+    require(!a.seqlens.enabled(),
+            "forward_args.seqlens given with varlen: a packed batch has its lengths in "
+            "cu_seqlens (give one or the other)");
     require(batch == 1, "forward_args.q: B = ", batch,
             " with varlen; variable-length batches use B = 1 and cu_seqlens");
     check_varlen(a.varlen, tq, tk, varlen_offsets);
@@ -130,7 +152,11 @@ problem_shape validate_forward(const forward_args<T>& a,
   } else {
     require(a.varlen.cu_seqlens_k == nullptr,
             "varlen.cu_seqlens_k is set while cu_seqlens_q is null");
+    require(a.varlen.num_seqs == 0, "varlen.num_seqs = ", a.varlen.num_seqs,
+            " with null cu_seqlens_q: set the offsets, or leave num_seqs 0");
+    check_sequence_lengths(a.seqlens, batch, tq, tk, varlen_offsets);
   }
+  require_no_overlap(a);  // outputs apart from each other and the inputs (core/overlap.hpp)
   return shape;
 }
 
@@ -162,6 +188,7 @@ problem_shape validate_backward(const forward_args<T>& a, const backward_args<T>
   } else {
     require_absent("backward_args.dgate_logits", g.dgate_logits, "the gate policy is gate::none");
   }
+  require_no_overlap(a, g);  // gradients apart from each other and what backward reads
   return s;
 }
 

@@ -17,7 +17,8 @@ inline void append_ranges(std::vector<arch::global_range>& to,
   to.insert(to.end(), from.begin(), from.end());
 }
 
-/// The tensors of a forward call: q, k, v, sinks, gate logits and the varlen offsets read-only;
+/// The tensors of a forward call: q, k, v, sinks, gate logits, the varlen offsets and the
+/// padded batch's lengths read-only;
 /// out, lse, router and first_key_mass writable.
 template <class T>
 std::vector<arch::global_range> forward_ranges(const forward_args<T>& a) {
@@ -37,6 +38,8 @@ std::vector<arch::global_range> forward_ranges(const forward_args<T>& a) {
     r.push_back(arch::range_of_bytes("varlen.cu_seqlens_q", a.varlen.cu_seqlens_q, bytes, false));
     r.push_back(arch::range_of_bytes("varlen.cu_seqlens_k", a.varlen.cu_seqlens_k, bytes, false));
   }
+  append_ranges(r, arch::range_of("forward_args.seqlens.q", a.seqlens.q, false));
+  append_ranges(r, arch::range_of("forward_args.seqlens.k", a.seqlens.k, false));
   return r;
 }
 

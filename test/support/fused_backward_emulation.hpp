@@ -28,7 +28,8 @@ inline int emulated_sm_count() {
 }
 
 /// attention<...>::backward on the fused kernels, emulated: validates (throws sinkmoe::error like
-/// the library), then runs the preprocess, dK/dV, dQ and d(sink) kernels in stream order. The
+/// the library), then runs the preprocess, dK/dV, dQ and d(sink) kernels in stream order, and
+/// the padding kernel of a padded batch. The
 /// workspace starts as 0xff bytes (NaN floats), so a read of an unwritten part shows up.
 /// Returns the emulation's counters summed over the launches. cu_seqlens are host pointers.
 template <class Attn, int HeadDim, sinkmoe::arch::half_precision Element>
@@ -62,6 +63,10 @@ sinkmoe::arch::emulation_stats emulated_fused_backward(const forward_args<Elemen
         total +=
             em.launch(geometry.grid, geometry.block, geometry.smem_bytes, kernel, params, extra...);
       });
+  padding::enqueue_backward(args, grads, shape,
+                            [&](auto kernel, arch::index3 grid, arch::index3 block, const auto& p) {
+                              total += em.launch(grid, block, 0, kernel, p);
+                            });
   return total;
 }
 

@@ -2,7 +2,7 @@
 // builds a problem in 16-bit inputs, runs the kernel, the CPU backend in fp64 on the same
 // 16-bit-rounded inputs, and a naive 16-bit computation, and compares them.
 //
-// Tolerance (FlashAttention's rule, docs/design.md section 7, anchors.md section 6.3): for each of
+// Tolerance (FlashAttention's rule, docs/design.md section 7): for each of
 // out, lse, router and first_key_mass,
 //   max |kernel - fp64| <= 2 * max |naive16 - fp64| + atol
 // where fp64 is the CPU backend (sinkmoe::attention<...>::forward(exec::host) in double through

@@ -17,7 +17,8 @@ namespace sinkmoe::testing {
 /// attention<...>::forward on the fused kernel, emulated: validates (throws sinkmoe::error like
 /// the library), launches forward_kernel<Attn, Element, HeadDim> with the call's tensors as the
 /// launch's global ranges (support/emulation_ranges.hpp) and returns the emulation's counters
-/// (all zero when there is no query row). cu_seqlens are host pointers here.
+/// (all zero when there is no query row); a padded batch's padding kernel runs after it.
+/// cu_seqlens and seqlens are host pointers here.
 template <class Attn, int HeadDim, sinkmoe::arch::half_precision Element>
 sinkmoe::arch::emulation_stats emulated_fused_forward(const forward_args<Element>& args) {
   const problem_shape shape = Attn::validate(args);
@@ -29,9 +30,15 @@ sinkmoe::arch::emulation_stats emulated_fused_forward(const forward_args<Element
   const fused::forward_params<Element> params =
       fused::make_forward_params(args, shape, max_tq, max_tk);
   const fused::launch_geometry geometry = fused::forward_geometry<kernel>(shape, max_tq);
-  if (geometry.empty()) return {};
-  return emulator_for(forward_ranges(args))
-      .launch(geometry.grid, geometry.block, geometry.smem_bytes, kernel{}, params);
+  const arch::emulator em = emulator_for(forward_ranges(args));
+  arch::emulation_stats total;
+  if (!geometry.empty())
+    total += em.launch(geometry.grid, geometry.block, geometry.smem_bytes, kernel{}, params);
+  padding::enqueue_forward<typename Attn::sink_type>(
+      args, shape, [&](auto pad_kernel, arch::index3 grid, arch::index3 block, const auto& p) {
+        total += em.launch(grid, block, 0, pad_kernel, p);
+      });
+  return total;
 }
 
 }  // namespace sinkmoe::testing

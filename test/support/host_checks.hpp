@@ -134,7 +134,7 @@ inline ref::config make_config(const combo& cb, const shape& s, double fixed_sin
 /// (and the oracle) see exactly the same inputs.
 struct input_options {
   double q_scale = 1.0;                             ///< q ~ N(0, q_scale^2)
-  std::vector<double> sink_pool{-30, 0, 5, 30};     ///< special sink logits (design.md sec. 7)
+  std::vector<double> sink_pool{-30, 0, 5, 30};     ///< special sink logits (docs/design.md 7)
   double sink_special_prob = 0.6;                   ///< else sink ~ N(0, 2^2)
   std::vector<double> gate_pool{-20, 0, 20};        ///< special gate logits
   double gate_special_prob = 0.3;                   ///< else gate logit ~ N(0, 2^2)

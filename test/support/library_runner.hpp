@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <sinkmoe/args.hpp>
+
 #include "support/reference.hpp"
 
 namespace sinkmoe::testing {
@@ -37,6 +39,15 @@ template <class T>
 library_result run_library_varlen(const ref::config& cfg, const std::vector<int>& q_lengths,
                                   const std::vector<int>& k_lengths, const ref::inputs& in,
                                   const ref::cotangents& ct, const run_options& opts = {});
+
+/// Same, for a padded batch [cfg.B, cfg.Tq / cfg.Tk]: batch entry b has q_lengths[b] real query
+/// rows and k_lengths[b] real keys (an empty vector: all rows real), at the end `side` says
+/// (forward_args::seqlens). Inputs and outputs use the padded layout.
+template <class T>
+library_result run_library_padded(const ref::config& cfg, const std::vector<int>& q_lengths,
+                                  const std::vector<int>& k_lengths, padding_side side,
+                                  const ref::inputs& in, const ref::cotangents& ct,
+                                  const run_options& opts = {});
 
 extern template library_result run_library<float>(const ref::config&, const ref::inputs&,
                                                   const ref::cotangents&, const run_options&);

@@ -52,9 +52,12 @@ void dispatch_route(ref::route_kind r, F&& f) {
 }
 
 /// A packed problem: sequence s owns rows [q_off[s], q_off[s+1]) of a B = 1 tensor when varlen.
+/// A padded problem: batch entry b has len_q[b] / len_k[b] real rows, at the end `side` says.
 struct layout {
   int batch, tq, tk;  // tensor dims (B = 1 and totals for varlen)
   std::vector<std::int32_t> cu_q, cu_k;
+  std::vector<std::int32_t> len_q, len_k;
+  padding_side side = padding_side::right;
 };
 
 template <class Attn, class T>
@@ -100,6 +103,9 @@ library_result run_with(const ref::config& c, const layout& lay, const ref::inpu
   if (c.sink == ref::sink_kind::fixed) fa.params.fixed_sink = c.fixed_sink;
   if (!lay.cu_q.empty())
     fa.varlen = {lay.cu_q.data(), lay.cu_k.data(), static_cast<int>(lay.cu_q.size()) - 1};
+  if (!lay.len_q.empty()) fa.seqlens.q = {lay.len_q.data(), {B}};
+  if (!lay.len_k.empty()) fa.seqlens.k = {lay.len_k.data(), {B}};
+  fa.seqlens.side = lay.side;
 
   const exec::host ex{opts.threads};
   Attn::forward(ex, fa);

@@ -1,5 +1,5 @@
 // sinkmoe test oracle: an explicit-matrix fp64 reference of attention with sinks, output
-// gates and head routing, and of the head load-balancing loss (docs/paper.md sections 1-5).
+// gates and head routing, and of the head load-balancing loss (docs/method.md sections 1-5).
 //
 // Written independently of include/sinkmoe: it includes nothing from the library and shares
 // none of its policies. Every quantity is computed row by row from the explicit score vector
@@ -181,14 +181,14 @@ inline row compute_row(const config& c, const inputs& in, int b, int h, int t) {
 
 }  // namespace detail
 
-// counted[b,t] = row has a visible key, and not (vanilla sink mass in the route and t' == 0):
-// the first query's only possible sink key is itself, its G is trivially 0.
+// counted[b,t] = row has a visible key, and not (vanilla sink mass in the route and key 0 is the
+// only key it sees): such a row puts all its mass on the sink, its G is trivially 0.
 inline int is_counted(const config& c, int t) {
-  bool any = false;
-  for (int j = 0; j < c.Tk && !any; ++j) any = visible(c, t, j);
-  const bool first = c.sink == sink_kind::none && detail::route_uses_sink(c) &&
-                     t + position_offset(c) == 0;
-  return any && !first ? 1 : 0;
+  int seen = 0;
+  for (int j = 0; j < c.Tk; ++j) seen += visible(c, t, j) ? 1 : 0;
+  const bool sink_only = c.sink == sink_kind::none && detail::route_uses_sink(c) && seen == 1 &&
+                         visible(c, t, 0);
+  return seen > 0 && !sink_only ? 1 : 0;
 }
 
 // Y = sigmoid(z) * O (or O without a gate), lse, router G, counted.

@@ -35,20 +35,32 @@ library_result run_layout(const ref::config& c, const layout& lay, const ref::in
 template <class T>
 library_result run_library(const ref::config& c, const ref::inputs& in, const ref::cotangents& ct,
                            const run_options& opts) {
-  return detail::run_layout<T>(c, detail::layout{c.B, c.Tq, c.Tk, {}, {}}, in, ct, opts);
+  return detail::run_layout<T>(c, detail::layout{c.B, c.Tq, c.Tk, {}, {}, {}, {}}, in, ct, opts);
 }
 
 template <class T>
 library_result run_library_varlen(const ref::config& c, const std::vector<int>& q_lengths,
                                   const std::vector<int>& k_lengths, const ref::inputs& in,
                                   const ref::cotangents& ct, const run_options& opts) {
-  detail::layout lay{1, 0, 0, {0}, {0}};
+  detail::layout lay{1, 0, 0, {0}, {0}, {}, {}};
   for (std::size_t s = 0; s < q_lengths.size(); ++s) {
     lay.cu_q.push_back(lay.cu_q.back() + q_lengths[s]);
     lay.cu_k.push_back(lay.cu_k.back() + k_lengths[s]);
   }
   lay.tq = lay.cu_q.back();
   lay.tk = lay.cu_k.back();
+  return detail::run_layout<T>(c, lay, in, ct, opts);
+}
+
+template <class T>
+library_result run_library_padded(const ref::config& c, const std::vector<int>& q_lengths,
+                                  const std::vector<int>& k_lengths, padding_side side,
+                                  const ref::inputs& in, const ref::cotangents& ct,
+                                  const run_options& opts) {
+  detail::layout lay{c.B, c.Tq, c.Tk, {}, {}, {}, {}};
+  lay.len_q.assign(q_lengths.begin(), q_lengths.end());
+  lay.len_k.assign(k_lengths.begin(), k_lengths.end());
+  lay.side = side;
   return detail::run_layout<T>(c, lay, in, ct, opts);
 }
 
@@ -62,4 +74,12 @@ template library_result run_library_varlen<double>(const ref::config&, const std
 template library_result run_library_varlen<float>(const ref::config&, const std::vector<int>&,
                                                   const std::vector<int>&, const ref::inputs&,
                                                   const ref::cotangents&, const run_options&);
+template library_result run_library_padded<double>(const ref::config&, const std::vector<int>&,
+                                                   const std::vector<int>&, padding_side,
+                                                   const ref::inputs&, const ref::cotangents&,
+                                                   const run_options&);
+template library_result run_library_padded<float>(const ref::config&, const std::vector<int>&,
+                                                  const std::vector<int>&, padding_side,
+                                                  const ref::inputs&, const ref::cotangents&,
+                                                  const run_options&);
 }  // namespace sinkmoe::testing

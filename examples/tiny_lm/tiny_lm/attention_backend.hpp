@@ -24,8 +24,8 @@ namespace tiny_lm {
 /// One attention<Sink, Gate, Mask, Route> instantiation behind function pointers.
 template <class T>
 struct attention_kernels {
-  const char* type_name;      ///< e.g. "attention<sink::learned, gate::none, mask::causal>"
-  bool excludes_first_query;  ///< vanilla: position 0 is left out of importance
+  const char* type_name;            ///< e.g. "attention<sink::learned, gate::none, mask::causal>"
+  bool excludes_sink_only_queries;  ///< vanilla: queries that see the sink alone do not count
   void (*forward)(const sinkmoe::exec::host&, const sinkmoe::forward_args<T>&);
   void (*backward)(const sinkmoe::exec::host&, const sinkmoe::forward_args<T>&,
                    const sinkmoe::backward_args<T>&);

@@ -46,7 +46,7 @@ attention_kernels<T> make_kernels() {
   static const std::string name =
       std::string("attention<sink::") + Attn::sink_type::name + ", gate::" + Attn::gate_type::name +
       ", mask::" + Attn::mask_type::name + ", route::" + Attn::route_type::name + ">";
-  return {name.c_str(), Attn::excludes_first_query, &Attn::template forward<T>,
+  return {name.c_str(), Attn::excludes_sink_only_queries, &Attn::template forward<T>,
           &Attn::template backward<T>, &counted_tokens_thunk<Attn, T>};
 }
 

@@ -21,19 +21,6 @@
 #include <vector>
 
 namespace sinkmoe::host {
-namespace detail {
-
-/// True when query row t sees at least one key (custom masks may give a loose key_range hull).
-template <class Mask>
-bool row_has_visible_key(const Mask& mask, int t) {
-  const key_span r = mask.key_range(t);
-  for (int j = r.begin; j < r.end; ++j)
-    if (mask.visible(t, j)) return true;
-  return false;
-}
-
-}  // namespace detail
-
 /// Backward pass of Attn on the CPU. Arguments are already validated.
 template <class Attn, class T>
 void backward(const exec::host& ex, const forward_args<T>& a, const backward_args<T>& g,
@@ -60,7 +47,7 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
   const std::int64_t task_count = static_cast<std::int64_t>(shape.num_seqs) * hq;
   detail::parallel_for(ex.threads, task_count, [&](std::int64_t task) {
     const int seq = static_cast<int>(task / hq), h = static_cast<int>(task % hq);
-    const sequence_span span = sequence_at(shape, a.varlen, seq);
+    const sequence_span span = sequence_at(shape, a, seq);
     const Mask mask(a.params, span.tq, span.tk);
     const Score score(a.params, d);
     const int hk = h / group, b = span.batch_index;
@@ -75,7 +62,7 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
     F dsink_sum = F(0);
     for (int t = 0; t < tq; ++t) {
       const int row = span.q_begin + t;
-      const bool empty_row = !detail::row_has_visible_key(mask, t);
+      const bool empty_row = !row_has_visible_key(mask, t);
       lse[t] = a.lse(b, h, row);
       F key0_score = math::neg_inf<F>();  // vanilla's sink: the score of key 0, where visible
       if constexpr (Sink::first_key_is_sink) {
@@ -224,6 +211,20 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
       dv_row[c] = from_accum<T>(dv_sum);
     }
   });
+  // Padding query rows of a padded batch get zero gradients (padding keys got them above: no
+  // sequence writes their partials).
+  if (a.seqlens.enabled()) {
+    for (int b = 0; b < shape.batch; ++b) {
+      const sequence_span span = sequence_at(shape, a, b);
+      for_each_padding_row(shape.tq, {span.q_begin, span.tq}, [&](int row) {
+        for (int h = 0; h < hq; ++h) {
+          std::fill_n(&g.dq(b, row, h, 0), d, T(0));
+          if constexpr (Gate::enabled)
+            std::fill_n(&g.dgate_logits(b, row, h, 0), shape.gate_dim, T(0));
+        }
+      });
+    }
+  }
   if constexpr (Sink::trainable) {
     for (int h = 0; h < hq; ++h) {
       F total = F(0);

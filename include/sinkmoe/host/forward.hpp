@@ -52,6 +52,27 @@ void load_gate_row(const tensor_view<const T, 4>& z, int b, int t, int head, int
   for (int c = 0; c < gate_dim; ++c) out[c] = to_accum<F>(z(b, t, head, c));
 }
 
+/// The padding query rows of a padded batch (forward_args::seqlens): out = 0, lse = the sink
+/// logit (-inf without one), G = 0, first-key mass = 0, as for a row that sees no key.
+template <class Sink, class T>
+void write_padding_rows(const forward_args<T>& a, const problem_shape& shape) {
+  using F = accum_t<T>;
+  const index_t sinks_stride = a.sinks.empty() ? 0 : a.sinks.stride[0];
+  for (int b = 0; b < shape.batch; ++b) {
+    const sequence_span span = sequence_at(shape, a, b);
+    for_each_padding_row(shape.tq, {span.q_begin, span.tq}, [&](int row) {
+      for (int h = 0; h < shape.q_heads; ++h) {
+        T* out_row = &a.out(b, row, h, 0);
+        std::fill(out_row, out_row + shape.head_dim, T(0));
+        if (!a.lse.empty())
+          a.lse(b, h, row) = rowwise::empty_row_lse<Sink>(a.params, a.sinks.data, sinks_stride, h);
+        if (!a.router.empty()) a.router(b, h, row) = F(0);
+        if (!a.first_key_mass.empty()) a.first_key_mass(b, h, row) = F(0);
+      }
+    });
+  }
+}
+
 }  // namespace detail
 
 /// Forward pass of attention policy bundle Attn on the CPU. Arguments are already validated.
@@ -74,7 +95,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
   };
   std::vector<task> tasks;
   for (int s = 0; s < shape.num_seqs; ++s) {
-    const sequence_span span = sequence_at(shape, a.varlen, s);
+    const sequence_span span = sequence_at(shape, a, s);
     for (int h = 0; h < shape.q_heads; ++h)
       for (int q0 = 0; q0 < span.tq; q0 += BQ) tasks.push_back({s, h, q0});
   }
@@ -83,7 +104,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
   // shared read-only by every query tile and GQA head: 2x the size of K, still linear in T.
   std::vector<int> tile_base(static_cast<std::size_t>(shape.num_seqs) + 1, 0);
   for (int s = 0; s < shape.num_seqs; ++s)
-    tile_base[s + 1] = tile_base[s] + (sequence_at(shape, a.varlen, s).tk + BK - 1) / BK;
+    tile_base[s + 1] = tile_base[s] + (sequence_at(shape, a, s).tk + BK - 1) / BK;
   const int total_tiles = tile_base.back();
   const std::size_t tile_elems = static_cast<std::size_t>(dp) * BK;
   std::vector<F> kt_packed(static_cast<std::size_t>(shape.kv_heads) * total_tiles * tile_elems);
@@ -95,7 +116,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
         const int s = static_cast<int>(std::upper_bound(tile_base.begin(), tile_base.end(), tile) -
                                        tile_base.begin()) -
                       1;
-        const sequence_span span = sequence_at(shape, a.varlen, s);
+        const sequence_span span = sequence_at(shape, a, s);
         const int k0 = (tile - tile_base[s]) * BK, cols = std::min(BK, span.tk - k0);
         F* kt = kt_packed.data() + static_cast<std::size_t>(pi) * tile_elems;
         F* vv = v_packed.data() + static_cast<std::size_t>(pi) * tile_elems;
@@ -106,7 +127,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
 
   detail::parallel_for(ex.threads, static_cast<std::int64_t>(tasks.size()), [&](std::int64_t ti) {
     const task tk_ = tasks[ti];
-    const sequence_span span = sequence_at(shape, a.varlen, tk_.seq);
+    const sequence_span span = sequence_at(shape, a, tk_.seq);
     const Mask mask(a.params, span.tq, span.tk);
     const Score score(a.params, d);
     const int h = tk_.head, hk = h / group, b = span.batch_index;
@@ -196,6 +217,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
         a.first_key_mass(b, h, row) = math::exp_shifted(first_key_score[i], fr.lse);
     }
   });
+  if (a.seqlens.enabled()) detail::write_padding_rows<Sink>(a, shape);
 }
 
 }  // namespace sinkmoe::host

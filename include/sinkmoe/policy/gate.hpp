@@ -5,7 +5,7 @@
 // Contract (checked by sinkmoe::gate_policy), per query row of one head, z holding
 // logit_dim(head_dim) gate logits already converted to the accumulator type F:
 //   static constexpr bool enabled
-//   static constexpr int logit_dim(int head_dim)              0, 1 (headwise) or head_dim
+//   static constexpr int logit_dim(index_t head_dim)          0, 1 (headwise) or head_dim
 //   F forward_row(F* o, int d, const F* z)                     o <- gate * o; returns the router
 //   value F router_value(const F* z, int d)                          the gate's router value alone
 //   void backward_row(const F* dy, const F* y, F* d_attn_out, int d, const F* z, F gbar, F* dz)
@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <sinkmoe/core/config.hpp>
 #include <sinkmoe/core/numeric.hpp>
+#include <sinkmoe/core/tensor_view.hpp>
 
 namespace sinkmoe {
 
@@ -44,7 +45,7 @@ struct none {
   static constexpr const char* name = "none";
   static constexpr bool enabled = false;
   static constexpr slice_router slices = slice_router::row_value;
-  SINKMOE_HD static constexpr int logit_dim(int) { return 0; }
+  SINKMOE_HD static constexpr int logit_dim(index_t) { return 0; }
   template <class F>
   SINKMOE_HD static F forward_row(F*, int, const F*) {
     return F(1);
@@ -65,7 +66,7 @@ struct headwise {
   static constexpr const char* name = "headwise";
   static constexpr bool enabled = true;
   static constexpr slice_router slices = slice_router::row_value;
-  SINKMOE_HD static constexpr int logit_dim(int) { return 1; }
+  SINKMOE_HD static constexpr int logit_dim(index_t) { return 1; }
   template <class F>
   SINKMOE_HD static F forward_row(F* o, int d, const F* z) {
     const F g = math::sigmoid(z[0]);
@@ -97,7 +98,7 @@ struct elementwise {
   static constexpr const char* name = "elementwise";
   static constexpr bool enabled = true;
   static constexpr slice_router slices = slice_router::channel_mean;
-  SINKMOE_HD static constexpr int logit_dim(int head_dim) { return head_dim; }
+  SINKMOE_HD static constexpr int logit_dim(index_t head_dim) { return static_cast<int>(head_dim); }
   template <class F>
   SINKMOE_HD static F forward_row(F* o, int d, const F* z) {
     F sum = F(0);

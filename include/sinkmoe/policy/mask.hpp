@@ -4,7 +4,7 @@
 // never be skipped on a tile the backend assumed to be full (FlashInfer PR #4695).
 //
 // Contract (checked by sinkmoe::mask_policy):
-//   Mask(const attention_params&, int tq, int tk)   per-sequence closure
+//   Mask(const attention_params&, index_t tq, index_t tk)   per-sequence closure (T < 2^31)
 //   bool visible(int t, int j) const                  query row t, key column j
 //   key_span key_range(int t) const                   hull [begin, end) of the visible keys
 //   tile_kind tile_class(int q0, int q1, int k0, int k1) const   rows [q0,q1) x keys [k0,k1)
@@ -14,6 +14,7 @@
 #include <sinkmoe/core/config.hpp>
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/core/numeric.hpp>
+#include <sinkmoe/core/tensor_view.hpp>
 #include <sinkmoe/params.hpp>
 
 namespace sinkmoe {
@@ -32,14 +33,14 @@ namespace mask {
 namespace detail {
 
 /// Offset that maps query row t to its absolute position t' = t + offset among the keys.
-SINKMOE_HD inline int diagonal_offset(const attention_params& p, int tq, int tk) {
-  return p.alignment == causal_alignment::bottom_right ? tk - tq : 0;
+SINKMOE_HD inline int diagonal_offset(const attention_params& p, index_t tq, index_t tk) {
+  return p.alignment == causal_alignment::bottom_right ? static_cast<int>(tk - tq) : 0;
 }
 
 /// A window longer than tq + tk changes nothing; clamping keeps pos - window from overflowing
 /// int when callers pass INT_MAX for "unbounded".
-SINKMOE_HD inline int effective_window(const attention_params& p, int tq, int tk) {
-  return math::min(p.window, tq + tk + 1);
+SINKMOE_HD inline int effective_window(const attention_params& p, index_t tq, index_t tk) {
+  return static_cast<int>(math::min<index_t>(p.window, tq + tk + 1));
 }
 
 inline void require_valid_alignment(const attention_params& p) {
@@ -60,7 +61,8 @@ inline void require_unused_window(const attention_params& p, const char* mask_na
 struct none {
   static constexpr const char* name = "none";
   int tk = 0;
-  SINKMOE_HD none(const attention_params&, int /*tq*/, int tk_) : tk(tk_) {}
+  SINKMOE_HD none(const attention_params&, index_t /*tq*/, index_t tk_)
+      : tk(static_cast<int>(tk_)) {}
   SINKMOE_HD bool visible(int, int) const { return true; }
   SINKMOE_HD key_span key_range(int) const { return {0, tk}; }
   SINKMOE_HD tile_kind tile_class(int, int, int, int) const { return tile_kind::full; }
@@ -74,8 +76,8 @@ struct causal {
   static constexpr const char* name = "causal";
   int tk = 0;
   int offset = 0;
-  SINKMOE_HD causal(const attention_params& p, int tq, int tk_)
-      : tk(tk_), offset(detail::diagonal_offset(p, tq, tk_)) {}
+  SINKMOE_HD causal(const attention_params& p, index_t tq, index_t tk_)
+      : tk(static_cast<int>(tk_)), offset(detail::diagonal_offset(p, tq, tk_)) {}
   SINKMOE_HD bool visible(int t, int j) const { return j <= t + offset; }
   SINKMOE_HD key_span key_range(int t) const { return {0, math::min(tk, t + offset + 1)}; }
   SINKMOE_HD tile_kind tile_class(int q0, int q1, int k0, int k1) const {
@@ -95,8 +97,8 @@ struct sliding_window {
   int tk = 0;
   int offset = 0;
   int window = 1;
-  SINKMOE_HD sliding_window(const attention_params& p, int tq, int tk_)
-      : tk(tk_),
+  SINKMOE_HD sliding_window(const attention_params& p, index_t tq, index_t tk_)
+      : tk(static_cast<int>(tk_)),
         offset(detail::diagonal_offset(p, tq, tk_)),
         window(detail::effective_window(p, tq, tk_)) {}
   SINKMOE_HD bool visible(int t, int j) const {
@@ -132,8 +134,8 @@ struct streaming {
   int offset = 0;
   int window = 1;
   int sink_tokens = 0;
-  SINKMOE_HD streaming(const attention_params& p, int tq, int tk_)
-      : tk(tk_),
+  SINKMOE_HD streaming(const attention_params& p, index_t tq, index_t tk_)
+      : tk(static_cast<int>(tk_)),
         offset(detail::diagonal_offset(p, tq, tk_)),
         window(detail::effective_window(p, tq, tk_)),
         sink_tokens(p.sink_tokens) {}

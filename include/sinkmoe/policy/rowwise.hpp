@@ -47,6 +47,15 @@ SINKMOE_HD forward_row<F> finish_forward_row(F row_max, F row_sum, F sink_score)
   return {rs.lse_full, empty ? F(0) : math::exp(row_max - rs.lse_full), rs.complement, empty};
 }
 
+/// The lse of a row that sees no key (a fully masked row, or a padding row of a padded batch):
+/// the sink logit, or -inf without one. Its out, G and first-key mass are 0.
+template <class Sink, class F>
+SINKMOE_HD F empty_row_lse(const attention_params& p, const F* sinks, index_t sinks_stride, int h) {
+  const F no_key = math::neg_inf<F>();
+  return finish_forward_row<Sink>(no_key, F(0), sink_score<Sink>(p, sinks, sinks_stride, h, no_key))
+      .lse;
+}
+
 /// The row's router value G: Route's combination of 1 - A and the gate's router value; 0 for an
 /// empty row.
 template <class Route, class F>

@@ -13,6 +13,27 @@
 
 namespace sinkmoe {
 
+/// True when query row t sees at least one key (a custom mask's key_range may be a loose hull).
+template <class Mask>
+SINKMOE_HD bool row_has_visible_key(const Mask& mask, int t) {
+  const key_span r = mask.key_range(t);
+  for (int j = r.begin; j < r.end; ++j)
+    if (mask.visible(t, j)) return true;
+  return false;
+}
+
+/// True when key 0 is the only key query row t sees. For vanilla attention (the sink is key 0)
+/// such a row's router value is structurally 0: the first query under a causal mask, but no row
+/// of mask::none with more than one key.
+template <class Mask>
+SINKMOE_HD bool row_sees_only_first_key(const Mask& mask, int t) {
+  const key_span r = mask.key_range(t);
+  if (r.empty() || r.begin > 0 || !mask.visible(t, 0)) return false;
+  for (int j = 1; j < r.end; ++j)
+    if (mask.visible(t, j)) return false;
+  return true;
+}
+
 /// Keys [begin, end) any row of [q0, q1) may see: the hull of the rows' Mask::key_range (empty
 /// {0, 0} when no row sees a key).
 template <class Mask>

@@ -52,14 +52,18 @@ struct sequence_coord {
   int batch, q_begin, tq, k_begin, tk;
 };
 
-/// Sequence `seq` of a launch: batch entry seq of a dense batch, or the seq-th sequence of the
-/// varlen offsets (FlashAttention's cu_seqlens, device memory). Offsets are clamped to the
-/// tensors' rows and lengths to the launch's longest sequence, so that offsets a caller did not
-/// let the host validate (varlen_batch::max_seqlen_*) can give wrong results but never an
-/// access outside the tensors.
+/// Sequence `seq` of a launch: batch entry seq of a dense batch (its real rows when padded), or
+/// the seq-th sequence of the varlen offsets (FlashAttention's cu_seqlens, device memory).
+/// Offsets are clamped to the tensors' rows and lengths to the launch's longest sequence, so that
+/// offsets a caller did not let the host validate (varlen_batch::max_seqlen_*) can give wrong
+/// results but never an access outside the tensors.
 template <class Params>
 SINKMOE_DEVICE inline sequence_coord sequence_of(const Params& p, int seq) {
-  if (p.cu_seqlens_q == nullptr) return {seq, 0, p.shape.tq, 0, p.shape.tk};
+  if (p.cu_seqlens_q == nullptr) {
+    const real_rows q = p.seqlens_q.of_sequence(seq, p.shape.tq, p.side);
+    const real_rows k = p.seqlens_k.of_sequence(seq, p.shape.tk, p.side);
+    return {seq, q.begin, q.count, k.begin, k.count};
+  }
   const auto clamp = [](int x, int lo, int hi) { return math::min(math::max(x, lo), hi); };
   const int q_begin = clamp(arch::load_global(p.cu_seqlens_q + seq), 0, p.shape.tq);
   const int q_end = clamp(arch::load_global(p.cu_seqlens_q + seq + 1), q_begin, p.shape.tq);

@@ -35,6 +35,8 @@
 #include <sinkmoe/cuda/exec.hpp>
 #include <sinkmoe/cuda/fused/backward_kernels.hpp>
 #include <sinkmoe/cuda/fused/forward_kernel.hpp>
+#include <sinkmoe/cuda/host_view.cuh>
+#include <sinkmoe/cuda/padding_kernels.hpp>
 #include <sinkmoe/validate.hpp>
 #include <vector>
 
@@ -83,50 +85,27 @@ inline void require_block_shared_memory(const device_facts& f, std::size_t bytes
                            f.smem_per_block_optin, " (use head dim 64 there, or the unfused path)");
 }
 
-/// The arguments as validation and grid sizing see them: with trusted varlen offsets (both
-/// max_seqlen given) as they are; otherwise cu_seqlens copied to host memory (a copy and a
-/// stream synchronise).
-template <class Element>
-struct host_view {
-  forward_args<Element> args;
-  sinkmoe::detail::offsets offsets = sinkmoe::detail::offsets::readable;
-  std::vector<std::int32_t> q, k;
-
-  host_view(const forward_args<Element>& a, cudaStream_t stream) : args(a) {
-    const varlen_batch& v = a.varlen;
-    if (!v.enabled()) return;
-    if (v.max_seqlen_q > 0 && v.max_seqlen_k > 0) {
-      offsets = sinkmoe::detail::offsets::trusted;
-      return;
-    }
-    sinkmoe::detail::require(v.cu_seqlens_k != nullptr,
-                             "varlen.cu_seqlens_k is null while cu_seqlens_q is set");
-    sinkmoe::detail::require(v.num_seqs >= 1, "varlen.num_seqs = ", v.num_seqs, ": must be >= 1");
-    const std::size_t count = static_cast<std::size_t>(v.num_seqs) + 1;
-    q.resize(count);
-    k.resize(count);
-    SINKMOE_CUDA_CHECK(cudaMemcpyAsync(q.data(), v.cu_seqlens_q, count * sizeof(std::int32_t),
-                                       cudaMemcpyDefault, stream));
-    SINKMOE_CUDA_CHECK(cudaMemcpyAsync(k.data(), v.cu_seqlens_k, count * sizeof(std::int32_t),
-                                       cudaMemcpyDefault, stream));
-    SINKMOE_CUDA_CHECK(cudaStreamSynchronize(stream));
-    args.varlen.cu_seqlens_q = q.data();
-    args.varlen.cu_seqlens_k = k.data();
-  }
-};
-
 template <class Attn, class Element>
-problem_shape validate(const host_view<Element>& v) {
+problem_shape validate(const cuda_detail::host_view<Element>& v) {
   return sinkmoe::detail::validate_forward<typename Attn::sink_type, typename Attn::gate_type,
                                            typename Attn::mask_type, typename Attn::score_type>(
       v.args, v.offsets);
 }
 template <class Attn, class Element>
-problem_shape validate(const host_view<Element>& v, const backward_args<Element>& g) {
+problem_shape validate(const cuda_detail::host_view<Element>& v, const backward_args<Element>& g) {
   return sinkmoe::detail::validate_backward<typename Attn::sink_type, typename Attn::gate_type,
                                             typename Attn::mask_type, typename Attn::score_type>(
       v.args, g, v.offsets);
 }
+
+/// launch(kernel, grid, block, params) on a stream, checked: the launcher of the padding kernels.
+struct launcher {
+  cudaStream_t stream;
+  template <class Kernel, class Params>
+  void operator()(Kernel, arch::index3 grid, arch::index3 block, const Params& params) const {
+    SINKMOE_CUDA_CHECK(arch::launch<Kernel>(grid, block, 0, stream, params));
+  }
+};
 
 /// A stream-ordered device allocation released (stream-ordered) when the guard goes out of
 /// scope, also when a launch throws.
@@ -151,7 +130,7 @@ struct stream_buffer {
 /// and when a CUDA call fails (naming the call).
 template <class Attn, arch::half_precision Element>
 void cuda_forward(const exec::cuda& ex, const forward_args<Element>& args) {
-  const detail::host_view<Element> view(args, ex.stream);
+  const cuda_detail::host_view<Element> view(args, ex.stream);
   const problem_shape shape = detail::validate<Attn>(view);
   const int max_tq = max_query_rows(shape, view.args.varlen);
   const int max_tk = max_key_rows(shape, view.args.varlen);
@@ -165,6 +144,7 @@ void cuda_forward(const exec::cuda& ex, const forward_args<Element>& args) {
     detail::require_block_shared_memory(facts, g.smem_bytes, "the fused forward kernel");
     SINKMOE_CUDA_CHECK(arch::launch<kernel>(g.grid, g.block, g.smem_bytes, ex.stream, params));
   });
+  padding::enqueue_forward<typename Attn::sink_type>(args, shape, detail::launcher{ex.stream});
 }
 
 /// Bytes of device workspace cuda_backward<Attn> needs for these arguments on the current
@@ -172,7 +152,7 @@ void cuda_forward(const exec::cuda& ex, const forward_args<Element>& args) {
 template <class Attn, arch::half_precision Element>
 std::size_t cuda_backward_workspace_bytes(const exec::cuda& ex, const forward_args<Element>& args,
                                           const backward_args<Element>& grads) {
-  const detail::host_view<Element> view(args, ex.stream);
+  const cuda_detail::host_view<Element> view(args, ex.stream);
   const problem_shape shape = detail::validate<Attn>(view, grads);
   const int sms = detail::facts_of_current_device().sm_count;
   std::size_t bytes = 0;
@@ -192,7 +172,7 @@ template <class Attn, arch::half_precision Element>
 void cuda_backward(const exec::cuda& ex, const forward_args<Element>& args,
                    const backward_args<Element>& grads, void* workspace = nullptr,
                    std::size_t workspace_bytes = 0) {
-  const detail::host_view<Element> view(args, ex.stream);
+  const cuda_detail::host_view<Element> view(args, ex.stream);
   const problem_shape shape = detail::validate<Attn>(view, grads);
   const int max_tq = max_query_rows(shape, view.args.varlen);
   const int max_tk = max_key_rows(shape, view.args.varlen);
@@ -218,6 +198,7 @@ void cuda_backward(const exec::cuda& ex, const forward_args<Element>& args,
               geometry.grid, geometry.block, geometry.smem_bytes, ex.stream, params, extra...));
         });
   });
+  padding::enqueue_backward(args, grads, shape, detail::launcher{ex.stream});
 }
 
 }  // namespace sinkmoe::fused

@@ -10,6 +10,7 @@
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/cuda/arch/float16.hpp>
 #include <sinkmoe/cuda/fused/common.hpp>
+#include <sinkmoe/cuda/padding_kernels.hpp>
 #include <sinkmoe/params.hpp>
 
 namespace sinkmoe::fused {
@@ -25,6 +26,8 @@ struct forward_params {
   strided_ref<float> lse, router, first_key_mass;  ///< [B, Hq, Tq]; optional
   const std::int32_t* cu_seqlens_q;  ///< varlen offsets where the kernel runs, else null
   const std::int32_t* cu_seqlens_k;
+  padding::lengths_ref seqlens_q, seqlens_k;  ///< a padded batch's real lengths, else null
+  padding_side side;
   int max_tq, max_tk;  ///< longest sequences (the grid's extent; varlen lengths are clamped)
   problem_shape shape;
   attention_params params;
@@ -53,6 +56,9 @@ forward_params<Element> make_forward_params(const forward_args<Element>& a,
   p.first_key_mass = strided_ref<float>::of(a.first_key_mass);
   p.cu_seqlens_q = a.varlen.cu_seqlens_q;
   p.cu_seqlens_k = a.varlen.cu_seqlens_k;
+  p.seqlens_q = padding::lengths_ref::of(a.seqlens.q);
+  p.seqlens_k = padding::lengths_ref::of(a.seqlens.k);
+  p.side = a.seqlens.side;
   p.max_tq = max_tq;
   p.max_tk = max_tk;
   p.shape = shape;
@@ -88,6 +94,8 @@ struct backward_params {
 
   const std::int32_t* cu_seqlens_q;
   const std::int32_t* cu_seqlens_k;
+  padding::lengths_ref seqlens_q, seqlens_k;
+  padding_side side;
   int max_tq, max_tk;
   problem_shape shape;
   attention_params params;

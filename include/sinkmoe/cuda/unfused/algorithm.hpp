@@ -8,7 +8,7 @@
 // On the GPU (unfused/unfused.cuh) the GEMMs are cuBLASLt and the kernels arch::launch; in the
 // tests (test/support/unfused_check.hpp) a host loop GEMM and arch::emulated_launch.
 //
-// Forward, per batch entry b and query chunk [q0, q0 + rows) (keys limited to the hull of the
+// Forward, per sequence and query chunk [q0, q0 + rows) (keys limited to the hull of the
 // chunk's Mask::key_range), for each GQA group member m as one GEMM batched over the kv heads
 // (query head h = hk * group + m; strides only, no copies):
 //   S = Q K^T (fp32)  ->  forward_rows_kernel: logits, softmax, sink, P = exp(s - lse) (Element)
@@ -22,7 +22,11 @@
 //
 // Workspace (workspace_bytes): the [Hq][chunk rows][Tk] score buffers dominate, so the caller
 // bounds memory by the chunk size (default_chunk_rows picks one for a byte budget); the rest is
-// linear in Tq or Tk. Variable-length batches are not supported by this path (sinkmoe::error).
+// linear in Tq or Tk.
+//
+// Batches: the loops run over sequences (sequence_span: a dense batch entry, a packed varlen
+// sequence, or a padded sequence's real rows), whose offsets and lengths the host reads; the
+// padding rows of a padded batch are written by the padding kernels (cuda/padding_kernels.hpp).
 
 #include <algorithm>
 #include <cstddef>
@@ -31,8 +35,10 @@
 #include <sinkmoe/args.hpp>
 #include <sinkmoe/core/error.hpp>
 #include <sinkmoe/cuda/arch/arch.hpp>
+#include <sinkmoe/cuda/padding_kernels.hpp>
 #include <sinkmoe/cuda/unfused/gemm.hpp>
 #include <sinkmoe/cuda/unfused/row_kernels.hpp>
+#include <span>
 #include <type_traits>
 #include <vector>
 
@@ -152,9 +158,6 @@ void require_row_stride(const char* name, const tensor_view<T, 4>& x) {
 
 template <class Element>
 void require_unfused_forward(const forward_args<Element>& a, const problem_shape& shape) {
-  sinkmoe::detail::require(!a.varlen.enabled(),
-                           "forward_args.varlen: varlen is not supported by the unfused path "
-                           "(use exec::host or the fused kernels)");
   require_row_stride("forward_args.q", a.q);
   require_row_stride("forward_args.k", a.k);
   require_row_stride("forward_args.v", a.v);
@@ -168,8 +171,8 @@ void require_unfused_forward(const forward_args<Element>& a, const problem_shape
 
 }  // namespace detail
 
-/// Checks the forward arguments (Attn::validate, then what only this path needs: no varlen,
-/// T strides >= D). Throws sinkmoe::error naming the argument; writes nothing.
+/// Checks the forward arguments (Attn::validate, then what only this path needs: T strides >= D).
+/// Throws sinkmoe::error naming the argument; writes nothing.
 template <class Attn, class Element>
 problem_shape validate_forward(const forward_args<Element>& a) {
   const problem_shape shape = Attn::validate(a);
@@ -189,19 +192,37 @@ problem_shape validate_backward(const forward_args<Element>& a, const backward_a
 
 namespace detail {
 
-/// The chunks of a dense problem, each with its key hull.
+/// The sequences of a validated problem, read where the offsets and lengths are (host memory).
+template <class Element>
+std::vector<sequence_span> sequences_of(const problem_shape& shape,
+                                        const forward_args<Element>& a) {
+  std::vector<sequence_span> spans;
+  for (int s = 0; s < shape.num_seqs; ++s) spans.push_back(sequence_at(shape, a, s));
+  return spans;
+}
+
+/// The chunks of one sequence, each with its key hull (in the sequence's key columns).
 template <class Attn>
-std::vector<chunk_geometry> make_chunks(const attention_params& params, const problem_shape& shape,
+std::vector<chunk_geometry> make_chunks(const attention_params& params, const sequence_span& seq,
                                         int chunk_rows) {
   using Mask = typename Attn::mask_type;
-  const Mask mask(params, shape.tq, shape.tk);
+  const Mask mask(params, seq.tq, seq.tk);
   std::vector<chunk_geometry> chunks;
-  for (int q0 = 0; q0 < shape.tq; q0 += chunk_rows) {
-    const int rows = std::min(chunk_rows, shape.tq - q0);
+  for (int q0 = 0; q0 < seq.tq; q0 += chunk_rows) {
+    const int rows = std::min(chunk_rows, seq.tq - q0);
     const key_span hull = rows_key_hull(mask, q0, q0 + rows);
-    chunks.push_back({0, q0, rows, hull.begin, hull.end - hull.begin, score_ld(shape.tk)});
+    chunks.push_back({seq.batch_index, q0, rows, hull.begin, hull.end - hull.begin,
+                      score_ld(seq.tk), seq.q_begin, seq.k_begin, seq.tq, seq.tk});
   }
   return chunks;
+}
+
+/// Runs launch(kernel, launch_shape, params) through Device for the padding kernels.
+template <class Device>
+auto padding_launcher(Device& dev) {
+  return [&dev](auto kernel, arch::index3 grid, arch::index3 block, const auto& params) {
+    dev.template launch<decltype(kernel)>(launch_shape{grid, block, 0}, params);
+  };
 }
 
 /// A grid of blocks of `threads` covering `items` (one per thread or warp already divided).
@@ -258,10 +279,10 @@ gemm_desc score_gemm(const forward_args<Element>& a, const problem_shape& shape,
   g.transpose_b = true;
   g.a_type = g.b_type = kind_of<Element>();
   g.d_type = element_kind::f32;
-  g.a = a.q.data + a.q.offset(c.batch, c.q0, m, 0);
+  g.a = a.q.data + a.q.offset(c.batch, c.q_offset + c.q0, m, 0);
   g.lda = operand_ld(a.q.stride[1], c.rows, d);
   g.batch_stride_a = group * a.q.stride[2];
-  g.b = a.k.data + a.k.offset(c.batch, c.key_begin, 0, 0);
+  g.b = a.k.data + a.k.offset(c.batch, c.k_offset + c.key_begin, 0, 0);
   g.ldb = operand_ld(a.k.stride[1], c.key_count, d);
   g.batch_stride_b = a.k.stride[2];
   g.d = scores + m * head_block;
@@ -277,18 +298,21 @@ gemm_desc score_gemm(const forward_args<Element>& a, const problem_shape& shape,
 /// (256-byte aligned).
 template <class Attn, class Element, class Device>
 void forward(Device& dev, const forward_args<Element>& a, const problem_shape& shape,
-             std::byte* workspace, int chunk_rows) {
+             std::byte* workspace, int chunk_rows, std::span<const sequence_span> sequences = {}) {
   const workspace_layout w = make_layout(shape, chunk_rows, pass::forward, sizeof(Element));
   if (shape.tq == 0) return;
+  const std::vector<sequence_span> read_here =
+      sequences.empty() ? detail::sequences_of(shape, a) : std::vector<sequence_span>{};
+  if (sequences.empty()) sequences = read_here;
   const int group = shape.group_size(), d = shape.head_dim;
   float* const scores = detail::byte_offset<float>(workspace, w.scores);
   Element* const probs = detail::byte_offset<Element>(workspace, w.probs);
   float* const o = detail::byte_offset<float>(workspace, w.o);
   constexpr element_kind ek = detail::kind_of<Element>();
 
-  for (int b = 0; b < shape.batch; ++b) {
-    for (chunk_geometry c : detail::make_chunks<Attn>(a.params, shape, chunk_rows)) {
-      c.batch = b;
+  for (const sequence_span& seq : sequences) {
+    for (const chunk_geometry& c : detail::make_chunks<Attn>(a.params, seq, chunk_rows)) {
+      const int b = c.batch;
       const index_t head_block = static_cast<index_t>(c.rows) * c.ld;  // one head's scores
       // S = Q K^T over the chunk's keys, one GEMM per group member batched over the kv heads.
       for (int m = 0; m < group; ++m) {
@@ -318,7 +342,7 @@ void forward(Device& dev, const forward_args<Element>& a, const problem_shape& s
         g.a = probs + m * head_block;
         g.lda = c.ld;
         g.batch_stride_a = group * head_block;
-        g.b = a.v.data + a.v.offset(b, c.key_begin, 0, 0);
+        g.b = a.v.data + a.v.offset(b, c.k_offset + c.key_begin, 0, 0);
         g.ldb = detail::operand_ld(a.v.stride[1], c.key_count, d);
         g.batch_stride_b = a.v.stride[2];
         g.d = o + static_cast<index_t>(m) * c.rows * d;
@@ -347,13 +371,15 @@ void forward(Device& dev, const forward_args<Element>& a, const problem_shape& s
           detail::cover(detail::ceil_div(total_rows, k_thread_rows), k_thread_rows), ep);
     }
   }
+  padding::enqueue_forward<typename Attn::sink_type>(a, shape, detail::padding_launcher(dev));
 }
 
 /// Backward of Attn through Device (file comment). `shape` comes from validate_backward;
 /// `workspace` holds workspace_bytes(shape, chunk_rows, pass::backward) bytes.
 template <class Attn, class Element, class Device>
 void backward(Device& dev, const forward_args<Element>& a, const backward_args<Element>& g,
-              const problem_shape& shape, std::byte* workspace, int chunk_rows) {
+              const problem_shape& shape, std::byte* workspace, int chunk_rows,
+              std::span<const sequence_span> sequences = {}) {
   using Sink = typename Attn::sink_type;
   const workspace_layout w = make_layout(shape, chunk_rows, pass::backward, sizeof(Element));
   const int group = shape.group_size(), d = shape.head_dim;
@@ -368,7 +394,21 @@ void backward(Device& dev, const forward_args<Element>& a, const backward_args<E
   constexpr element_kind ek = detail::kind_of<Element>();
   const index_t acc_head = static_cast<index_t>(shape.tk) * d;  // one kv head of dK_acc
 
-  const std::vector<chunk_geometry> chunks = detail::make_chunks<Attn>(a.params, shape, chunk_rows);
+  const std::vector<sequence_span> read_here =
+      sequences.empty() ? detail::sequences_of(shape, a) : std::vector<sequence_span>{};
+  if (sequences.empty()) sequences = read_here;
+  if (Sink::trainable && a.seqlens.enabled() && shape.tq > 0) {  // padding rows add nothing
+    const zero_matrix_params<float> z{dsink_rows,
+                                      1,
+                                      shape.q_heads,
+                                      shape.batch * shape.tq,
+                                      static_cast<index_t>(shape.batch) * shape.tq,
+                                      0};
+    dev.template launch<zero_matrix_kernel<float>>(
+        detail::elementwise_shape(static_cast<std::int64_t>(shape.q_heads) * shape.batch *
+                                  shape.tq),
+        z);
+  }
   for (int b = 0; b < shape.batch; ++b) {
     for (float* acc : {dk_acc, dv_acc}) {
       const zero_matrix_params<float> z{acc, 1, shape.kv_heads * shape.tk, d, d, 0};
@@ -376,115 +416,117 @@ void backward(Device& dev, const forward_args<Element>& a, const backward_args<E
         dev.template launch<zero_matrix_kernel<float>>(
             detail::elementwise_shape(static_cast<std::int64_t>(shape.kv_heads) * acc_head), z);
     }
-    for (chunk_geometry c : chunks) {
-      c.batch = b;
-      const index_t head_block = static_cast<index_t>(c.rows) * c.ld;
-      const index_t head_rows = static_cast<index_t>(c.rows) * d;  // one head of dO
-      const int total_rows = c.total_rows(shape.q_heads);
+    for (const sequence_span& seq : sequences) {
+      if (seq.batch_index != b) continue;
+      for (const chunk_geometry& c : detail::make_chunks<Attn>(a.params, seq, chunk_rows)) {
+        const index_t head_block = static_cast<index_t>(c.rows) * c.ld;
+        const index_t head_rows = static_cast<index_t>(c.rows) * d;  // one head of dO
+        const int total_rows = c.total_rows(shape.q_heads);
 
-      backward_rows_params<Element> rp{};
-      rp.dout = g.dout.data;
-      rp.dout_stride = strides_of(g.dout);
-      rp.out = a.out.data;
-      rp.out_stride = strides_of(a.out);
-      rp.gate_logits = a.gate_logits.data;
-      rp.gate_stride = strides_of(a.gate_logits);
-      rp.dgate_logits = g.dgate_logits.data;
-      rp.dgate_stride = strides_of(g.dgate_logits);
-      rp.q = a.q.data;
-      rp.q_stride = strides_of(a.q);
-      rp.k = a.k.data;
-      rp.k_stride = strides_of(a.k);
-      rp.sinks = a.sinks.data;
-      rp.sinks_stride = a.sinks.empty() ? 0 : a.sinks.stride[0];
-      rp.lse = a.lse.data;
-      rp.lse_stride = strides_of(a.lse);
-      rp.drouter = g.drouter.data;
-      rp.drouter_stride = strides_of(g.drouter);
-      rp.dlse = g.dlse.data;
-      rp.dlse_stride = strides_of(g.dlse);
-      rp.dy_scratch = detail::byte_offset<float>(workspace, w.dy);
-      rp.y_scratch = detail::byte_offset<float>(workspace, w.y);
-      rp.do_scratch = detail::byte_offset<float>(workspace, w.d_o);
-      rp.z_scratch = shape.gate_dim > 0 ? detail::byte_offset<float>(workspace, w.z) : nullptr;
-      rp.dz_scratch = shape.gate_dim > 0 ? detail::byte_offset<float>(workspace, w.dz) : nullptr;
-      rp.d_attn_out = d_attn_out;
-      rp.row_term = detail::byte_offset<float>(workspace, w.row_term);
-      rp.key0_term = detail::byte_offset<float>(workspace, w.key0_term);
-      rp.dsink_rows = Sink::trainable ? dsink_rows : nullptr;
-      rp.shape = shape;
-      rp.params = a.params;
-      rp.chunk = c;
-      dev.template launch<backward_rows_kernel<Attn, Element>>(
-          detail::cover(detail::ceil_div(total_rows, k_thread_rows), k_thread_rows), rp);
+        backward_rows_params<Element> rp{};
+        rp.dout = g.dout.data;
+        rp.dout_stride = strides_of(g.dout);
+        rp.out = a.out.data;
+        rp.out_stride = strides_of(a.out);
+        rp.gate_logits = a.gate_logits.data;
+        rp.gate_stride = strides_of(a.gate_logits);
+        rp.dgate_logits = g.dgate_logits.data;
+        rp.dgate_stride = strides_of(g.dgate_logits);
+        rp.q = a.q.data;
+        rp.q_stride = strides_of(a.q);
+        rp.k = a.k.data;
+        rp.k_stride = strides_of(a.k);
+        rp.sinks = a.sinks.data;
+        rp.sinks_stride = a.sinks.empty() ? 0 : a.sinks.stride[0];
+        rp.lse = a.lse.data;
+        rp.lse_stride = strides_of(a.lse);
+        rp.drouter = g.drouter.data;
+        rp.drouter_stride = strides_of(g.drouter);
+        rp.dlse = g.dlse.data;
+        rp.dlse_stride = strides_of(g.dlse);
+        rp.dy_scratch = detail::byte_offset<float>(workspace, w.dy);
+        rp.y_scratch = detail::byte_offset<float>(workspace, w.y);
+        rp.do_scratch = detail::byte_offset<float>(workspace, w.d_o);
+        rp.z_scratch = shape.gate_dim > 0 ? detail::byte_offset<float>(workspace, w.z) : nullptr;
+        rp.dz_scratch = shape.gate_dim > 0 ? detail::byte_offset<float>(workspace, w.dz) : nullptr;
+        rp.d_attn_out = d_attn_out;
+        rp.row_term = detail::byte_offset<float>(workspace, w.row_term);
+        rp.key0_term = detail::byte_offset<float>(workspace, w.key0_term);
+        rp.dsink_rows = Sink::trainable ? dsink_rows : nullptr;
+        rp.shape = shape;
+        rp.params = a.params;
+        rp.chunk = c;
+        dev.template launch<backward_rows_kernel<Attn, Element>>(
+            detail::cover(detail::ceil_div(total_rows, k_thread_rows), k_thread_rows), rp);
 
-      for (int m = 0; m < group; ++m) {
-        // S = Q K^T (raw dots), as in forward.
-        const gemm_desc s = detail::score_gemm(a, shape, c, m, scores, head_block);
-        detail::gemm_or_zero<Device, float>(dev, s);
-        // dP = dO V^T.
-        gemm_desc p = s;
-        p.a = d_attn_out + m * head_rows;
-        p.lda = d;
-        p.batch_stride_a = group * head_rows;
-        p.b = a.v.data + a.v.offset(b, c.key_begin, 0, 0);
-        p.ldb = detail::operand_ld(a.v.stride[1], c.key_count, d);
-        p.batch_stride_b = a.v.stride[2];
-        p.d = dp + m * head_block;
-        detail::gemm_or_zero<Device, float>(dev, p);
-      }
-      backward_scores_params<Element> sp{
-          scores,      dp,           probs, ds,       a.lse.data, strides_of(a.lse),
-          rp.row_term, rp.key0_term, shape, a.params, c};
-      dev.template launch<backward_scores_kernel<Attn, Element>>(
-          detail::cover(detail::ceil_div(total_rows, k_row_warps), k_row_threads), sp);
+        for (int m = 0; m < group; ++m) {
+          // S = Q K^T (raw dots), as in forward.
+          const gemm_desc s = detail::score_gemm(a, shape, c, m, scores, head_block);
+          detail::gemm_or_zero<Device, float>(dev, s);
+          // dP = dO V^T.
+          gemm_desc p = s;
+          p.a = d_attn_out + m * head_rows;
+          p.lda = d;
+          p.batch_stride_a = group * head_rows;
+          p.b = a.v.data + a.v.offset(b, c.k_offset + c.key_begin, 0, 0);
+          p.ldb = detail::operand_ld(a.v.stride[1], c.key_count, d);
+          p.batch_stride_b = a.v.stride[2];
+          p.d = dp + m * head_block;
+          detail::gemm_or_zero<Device, float>(dev, p);
+        }
+        backward_scores_params<Element> sp{
+            scores,      dp,           probs, ds,       a.lse.data, strides_of(a.lse),
+            rp.row_term, rp.key0_term, shape, a.params, c};
+        dev.template launch<backward_scores_kernel<Attn, Element>>(
+            detail::cover(detail::ceil_div(total_rows, k_row_warps), k_row_threads), sp);
 
-      for (int m = 0; m < group; ++m) {
-        // dV_acc[keys] += P^T dO and dK_acc[keys] += dS^T Q (fp32, beta = 1).
-        gemm_desc v;
-        v.m = c.key_count;
-        v.n = d;
-        v.k = c.rows;
-        v.batch = shape.kv_heads;
-        v.transpose_a = true;
-        v.a_type = v.b_type = ek;
-        v.d_type = element_kind::f32;
-        v.a = probs + m * head_block;
-        v.lda = c.ld;
-        v.batch_stride_a = group * head_block;
-        v.b = d_attn_out + m * head_rows;
-        v.ldb = d;
-        v.batch_stride_b = group * head_rows;
-        v.c = v.d = dv_acc + static_cast<index_t>(c.key_begin) * d;
-        v.ldc = v.ldd = d;
-        v.batch_stride_c = v.batch_stride_d = acc_head;
-        v.beta = 1.0f;
-        detail::gemm_or_zero<Device, float>(dev, v);
-        gemm_desc k = v;
-        k.a = ds + m * head_block;
-        k.b = a.q.data + a.q.offset(b, c.q0, m, 0);
-        k.ldb = detail::operand_ld(a.q.stride[1], c.rows, d);
-        k.batch_stride_b = group * a.q.stride[2];
-        k.c = k.d = dk_acc + static_cast<index_t>(c.key_begin) * d;
-        detail::gemm_or_zero<Device, float>(dev, k);
-        // dQ = dS K, rounded once into dq.
-        gemm_desc q;
-        q.m = c.rows;
-        q.n = d;
-        q.k = c.key_count;
-        q.batch = shape.kv_heads;
-        q.a_type = q.b_type = ek;
-        q.d_type = ek;
-        q.a = ds + m * head_block;
-        q.lda = c.ld;
-        q.batch_stride_a = group * head_block;
-        q.b = a.k.data + a.k.offset(b, c.key_begin, 0, 0);
-        q.ldb = detail::operand_ld(a.k.stride[1], c.key_count, d);
-        q.batch_stride_b = a.k.stride[2];
-        q.d = g.dq.data + g.dq.offset(b, c.q0, m, 0);
-        q.ldd = q.ldc = detail::operand_ld(g.dq.stride[1], c.rows, d);
-        q.batch_stride_d = q.batch_stride_c = group * g.dq.stride[2];
-        detail::gemm_or_zero<Device, Element>(dev, q);
+        for (int m = 0; m < group; ++m) {
+          // dV_acc[keys] += P^T dO and dK_acc[keys] += dS^T Q (fp32, beta = 1).
+          gemm_desc v;
+          v.m = c.key_count;
+          v.n = d;
+          v.k = c.rows;
+          v.batch = shape.kv_heads;
+          v.transpose_a = true;
+          v.a_type = v.b_type = ek;
+          v.d_type = element_kind::f32;
+          v.a = probs + m * head_block;
+          v.lda = c.ld;
+          v.batch_stride_a = group * head_block;
+          v.b = d_attn_out + m * head_rows;
+          v.ldb = d;
+          v.batch_stride_b = group * head_rows;
+          v.c = v.d = dv_acc + static_cast<index_t>(c.k_offset + c.key_begin) * d;
+          v.ldc = v.ldd = d;
+          v.batch_stride_c = v.batch_stride_d = acc_head;
+          v.beta = 1.0f;
+          detail::gemm_or_zero<Device, float>(dev, v);
+          gemm_desc k = v;
+          k.a = ds + m * head_block;
+          k.b = a.q.data + a.q.offset(b, c.q_offset + c.q0, m, 0);
+          k.ldb = detail::operand_ld(a.q.stride[1], c.rows, d);
+          k.batch_stride_b = group * a.q.stride[2];
+          k.c = k.d = dk_acc + static_cast<index_t>(c.k_offset + c.key_begin) * d;
+          detail::gemm_or_zero<Device, float>(dev, k);
+          // dQ = dS K, rounded once into dq.
+          gemm_desc q;
+          q.m = c.rows;
+          q.n = d;
+          q.k = c.key_count;
+          q.batch = shape.kv_heads;
+          q.a_type = q.b_type = ek;
+          q.d_type = ek;
+          q.a = ds + m * head_block;
+          q.lda = c.ld;
+          q.batch_stride_a = group * head_block;
+          q.b = a.k.data + a.k.offset(b, c.k_offset + c.key_begin, 0, 0);
+          q.ldb = detail::operand_ld(a.k.stride[1], c.key_count, d);
+          q.batch_stride_b = a.k.stride[2];
+          q.d = g.dq.data + g.dq.offset(b, c.q_offset + c.q0, m, 0);
+          q.ldd = q.ldc = detail::operand_ld(g.dq.stride[1], c.rows, d);
+          q.batch_stride_d = q.batch_stride_c = group * g.dq.stride[2];
+          detail::gemm_or_zero<Device, Element>(dev, q);
+        }
       }
     }
     if (shape.tk > 0) {
@@ -505,6 +547,7 @@ void backward(Device& dev, const forward_args<Element>& a, const backward_args<E
         dsinks_params{dsink_rows, static_cast<index_t>(shape.batch) * shape.tq, g.dsinks.data,
                       g.dsinks.stride[0]});
   }
+  padding::enqueue_backward(a, g, shape, detail::padding_launcher(dev));
 }
 
 }  // namespace sinkmoe::unfused

@@ -57,11 +57,15 @@ struct row_stats {
 /// The chunk a launch works on (header comment).
 struct chunk_geometry {
   int batch = 0;      ///< b
-  int q0 = 0;         ///< first query row of the chunk
+  int q0 = 0;         ///< first query row of the chunk, within its sequence
   int rows = 0;       ///< query rows in the chunk
-  int key_begin = 0;  ///< first key column held in the [Hq][rows][ld] buffers
+  int key_begin = 0;  ///< first key column held in the [Hq][rows][ld] buffers, in the sequence
   int key_count = 0;  ///< key columns held
   index_t ld = 0;     ///< row stride of those buffers, in elements
+  int q_offset = 0;   ///< tensor row of the sequence's first query row (varlen, left padding)
+  int k_offset = 0;   ///< tensor row of the sequence's first key
+  int seq_tq = 0;     ///< the sequence's query rows and keys (what its mask sees)
+  int seq_tk = 0;
   [[nodiscard]] SINKMOE_HD int total_rows(int q_heads) const { return q_heads * rows; }
 };
 
@@ -80,20 +84,6 @@ strides3 strides_of(const tensor_view<T, R>& view) {
     for (int i = 0; i < 3; ++i) r.s[i] = view.stride[i];
   return r;
 }
-
-namespace detail {
-
-/// True when query row t sees at least one key (a custom mask may give a loose key_range hull);
-/// the device twin of host::detail::row_has_visible_key.
-template <class Mask>
-SINKMOE_HD bool row_has_visible_key(const Mask& mask, int t) {
-  const key_span r = mask.key_range(t);
-  for (int j = r.begin; j < r.end; ++j)
-    if (mask.visible(t, j)) return true;
-  return false;
-}
-
-}  // namespace detail
 
 // ---------------------------------------------------------------------------------------------
 // Forward
@@ -129,7 +119,7 @@ struct forward_rows_kernel {
     const int lane = arch::lane_id();
     const int h = row_id / c.rows;
     const int t = c.q0 + row_id % c.rows;
-    const mask_type mask(p.params, p.shape.tq, p.shape.tk);
+    const mask_type mask(p.params, c.seq_tq, c.seq_tk);
     const score_type score(p.params, p.shape.head_dim);
     float* const s = p.scores + static_cast<index_t>(row_id) * c.ld;
     Element* const prob = p.probs + static_cast<index_t>(row_id) * c.ld;
@@ -210,7 +200,8 @@ struct forward_epilogue_kernel {
     if (row_id >= c.total_rows(p.shape.q_heads)) return;
     const int d = p.shape.head_dim, dg = p.shape.gate_dim;
     const int h = row_id / c.rows;
-    const int t = c.q0 + row_id % c.rows;
+    const int t = c.q0 + row_id % c.rows;  // in the sequence; its tensor row:
+    const int row = c.q_offset + t;
     const int b = c.batch;
     // The gate hook works on a copy of the row: the kernel leaves its inputs as they were.
     const float* const o_in = p.o + static_cast<index_t>(row_id) * d;
@@ -219,25 +210,25 @@ struct forward_epilogue_kernel {
     float* z = nullptr;
     if constexpr (gate_type::enabled) {
       z = p.z_scratch + static_cast<index_t>(row_id) * dg;
-      const Element* z_src = p.gate_logits + p.gate_stride.at(b, t, h);
+      const Element* z_src = p.gate_logits + p.gate_stride.at(b, row, h);
       for (int i = 0; i < dg; ++i)
         arch::store_global(z + i, arch::to_float(arch::load_global(z_src + i)));
     }
     // (plain accesses of the workspace row inside the hook)
     const float gate_value = gate_type::forward_row(o_row, d, z);
-    Element* const out_row = p.out + p.out_stride.at(b, t, h);
+    Element* const out_row = p.out + p.out_stride.at(b, row, h);
     for (int i = 0; i < d; ++i)
       arch::store_global(out_row + i, arch::from_float<Element>(arch::load_global(o_row + i)));
     const row_stats* st = p.stats + row_id;
     if (p.lse != nullptr)
-      arch::store_global(p.lse + p.lse_stride.at(b, h, t), arch::load_global(&st->lse));
+      arch::store_global(p.lse + p.lse_stride.at(b, h, row), arch::load_global(&st->lse));
     if (p.router != nullptr)
-      arch::store_global(p.router + p.router_stride.at(b, h, t),
+      arch::store_global(p.router + p.router_stride.at(b, h, row),
                          arch::load_global(&st->empty) != 0
                              ? 0.0f
                              : route_type::router(arch::load_global(&st->complement), gate_value));
     if (p.first_key_mass != nullptr)
-      arch::store_global(p.first_key_mass + p.first_key_mass_stride.at(b, h, t),
+      arch::store_global(p.first_key_mass + p.first_key_mass_stride.at(b, h, row),
                          arch::load_global(&st->first_key_mass));
   }
 };
@@ -301,19 +292,20 @@ struct backward_rows_kernel {
     if (row_id >= c.total_rows(p.shape.q_heads)) return;
     const int d = p.shape.head_dim, dg = p.shape.gate_dim;
     const int h = row_id / c.rows;
-    const int t = c.q0 + row_id % c.rows;
+    const int t = c.q0 + row_id % c.rows;  // in the sequence; its tensor row:
+    const int row = c.q_offset + t;
     const int b = c.batch;
     const int hk = h / (p.shape.q_heads / p.shape.kv_heads);  // GQA
-    const mask_type mask(p.params, p.shape.tq, p.shape.tk);
+    const mask_type mask(p.params, c.seq_tq, c.seq_tk);
     const score_type score(p.params, d);
-    const bool empty_row = !detail::row_has_visible_key(mask, t);
-    const float lse = arch::load_global(p.lse + p.lse_stride.at(b, h, t));
+    const bool empty_row = !row_has_visible_key(mask, t);
+    const float lse = arch::load_global(p.lse + p.lse_stride.at(b, h, row));
 
     float key0_score = neg_inf;  // vanilla's sink: the score of key 0, where visible
     if constexpr (sink_type::first_key_is_sink) {
-      if (p.shape.tk > 0 && mask.visible(t, 0)) {
-        const Element* q_row = p.q + p.q_stride.at(b, t, h);
-        const Element* k_row = p.k + p.k_stride.at(b, 0, hk);
+      if (c.seq_tk > 0 && mask.visible(t, 0)) {
+        const Element* q_row = p.q + p.q_stride.at(b, row, h);
+        const Element* k_row = p.k + p.k_stride.at(b, c.k_offset, hk);
         float dot = 0.0f;
         for (int i = 0; i < d; ++i)
           dot += arch::to_float(arch::load_global(q_row + i)) *
@@ -332,19 +324,19 @@ struct backward_rows_kernel {
     if constexpr (gate_type::enabled) {
       z = p.z_scratch + static_cast<index_t>(row_id) * dg;
       dz = p.dz_scratch + static_cast<index_t>(row_id) * dg;
-      const Element* z_src = p.gate_logits + p.gate_stride.at(b, t, h);
+      const Element* z_src = p.gate_logits + p.gate_stride.at(b, row, h);
       for (int i = 0; i < dg; ++i)
         arch::store_global(z + i, arch::to_float(arch::load_global(z_src + i)));
     }
     const float gate_value = gate_type::router_value(z, d);
     const float gbar = (p.drouter == nullptr || empty_row)
                            ? 0.0f
-                           : arch::load_global(p.drouter + p.drouter_stride.at(b, h, t));
+                           : arch::load_global(p.drouter + p.drouter_stride.at(b, h, row));
     const float dlse =
-        p.dlse == nullptr ? 0.0f : arch::load_global(p.dlse + p.dlse_stride.at(b, h, t));
+        p.dlse == nullptr ? 0.0f : arch::load_global(p.dlse + p.dlse_stride.at(b, h, row));
 
-    const Element* dout_row = p.dout + p.dout_stride.at(b, t, h);
-    const Element* out_row = p.out + p.out_stride.at(b, t, h);
+    const Element* dout_row = p.dout + p.dout_stride.at(b, row, h);
+    const Element* out_row = p.out + p.out_stride.at(b, row, h);
     float delta = 0.0f;
     for (int i = 0; i < d; ++i) {
       const float dy_i = arch::to_float(arch::load_global(dout_row + i));
@@ -361,7 +353,7 @@ struct backward_rows_kernel {
     for (int i = 0; i < d; ++i)
       arch::store_global(d_attn_out + i, arch::from_float<Element>(arch::load_global(d_o + i)));
     if constexpr (gate_type::enabled) {
-      Element* dz_dst = p.dgate_logits + p.dgate_stride.at(b, t, h);
+      Element* dz_dst = p.dgate_logits + p.dgate_stride.at(b, row, h);
       for (int i = 0; i < dg; ++i)
         arch::store_global(dz_dst + i, arch::from_float<Element>(arch::load_global(dz + i)));
     }
@@ -369,7 +361,7 @@ struct backward_rows_kernel {
     arch::store_global(p.key0_term + row_id, br.key0_term);
     if constexpr (sink_type::trainable)
       arch::store_global(p.dsink_rows + static_cast<index_t>(h) * p.shape.batch * p.shape.tq +
-                             static_cast<index_t>(b) * p.shape.tq + t,
+                             static_cast<index_t>(b) * p.shape.tq + row,
                          br.dsink);
   }
 };
@@ -407,9 +399,9 @@ struct backward_scores_kernel {
     const int lane = arch::lane_id();
     const int h = row_id / c.rows;
     const int t = c.q0 + row_id % c.rows;
-    const mask_type mask(p.params, p.shape.tq, p.shape.tk);
+    const mask_type mask(p.params, c.seq_tq, c.seq_tk);
     const score_type score(p.params, p.shape.head_dim);
-    const float lse = arch::load_global(p.lse + p.lse_stride.at(c.batch, h, t));
+    const float lse = arch::load_global(p.lse + p.lse_stride.at(c.batch, h, c.q_offset + t));
     const float row_term = arch::load_global(p.row_term + row_id);
     const float key0_term = arch::load_global(p.key0_term + row_id);
     const index_t at = static_cast<index_t>(row_id) * c.ld;

@@ -13,8 +13,10 @@
 // 256-byte aligned; or leave data null and the call allocates that much with cudaMallocAsync on
 // the stream and frees it with cudaFreeAsync on the same stream (stream-ordered: no host
 // synchronisation). chunk_rows = 0 picks default_chunk_rows(shape) (the Tq x Tk buffers within
-// 256 MiB). Not supported here, with a sinkmoe::error naming the argument: variable-length
-// batches, and tensors whose T stride is below D (cuBLASLt's ld >= row length).
+// 256 MiB). Variable-length and padded batches: the loops run on the host, so cu_seqlens and
+// seqlens are copied to the host (a small copy and a stream synchronise per call). Not supported
+// here, with a sinkmoe::error naming the argument: tensors whose T stride is below D (cuBLASLt's
+// ld >= row length).
 // Results are deterministic for a given chunk size (no atomics; dK / dV accumulate over chunks
 // and GQA group members in a fixed order, d(sinks) is a fixed-order block reduction) as far as
 // cuBLASLt's own kernels are (same plan, same problem).
@@ -31,7 +33,9 @@
 #include <sinkmoe/cuda/blaslt/matmul.cuh>
 #include <sinkmoe/cuda/check.hpp>
 #include <sinkmoe/cuda/exec.hpp>
+#include <sinkmoe/cuda/host_view.cuh>
 #include <sinkmoe/cuda/unfused/algorithm.hpp>
+#include <vector>
 
 namespace sinkmoe::unfused {
 
@@ -112,12 +116,14 @@ inline int resolve_chunk_rows(const problem_shape& shape, int requested) {
 template <class Attn, arch::half_precision Element>
 void cuda_forward(blaslt::context& blas, const exec::cuda& ex, const forward_args<Element>& args,
                   const workspace& ws = {}) {
-  const problem_shape shape = validate_forward<Attn>(args);
+  const cuda_detail::host_view<Element> view(args, ex.stream, /*copy_trusted=*/true);
+  const problem_shape shape = validate_forward<Attn>(view.args);
+  const std::vector<sequence_span> sequences = detail::sequences_of(shape, view.args);
   const int chunk_rows = detail::resolve_chunk_rows(shape, ws.chunk_rows);
   detail::stream_workspace memory(
       ws, workspace_bytes(shape, chunk_rows, pass::forward, sizeof(Element)), ex.stream);
   cuda_device dev(blas, ex.stream);
-  forward<Attn>(dev, args, shape, memory.data(), chunk_rows);
+  forward<Attn>(dev, args, shape, memory.data(), chunk_rows, sequences);
   memory.release();
 }
 
@@ -127,12 +133,14 @@ void cuda_forward(blaslt::context& blas, const exec::cuda& ex, const forward_arg
 template <class Attn, arch::half_precision Element>
 void cuda_backward(blaslt::context& blas, const exec::cuda& ex, const forward_args<Element>& args,
                    const backward_args<Element>& grads, const workspace& ws = {}) {
-  const problem_shape shape = validate_backward<Attn>(args, grads);
+  const cuda_detail::host_view<Element> view(args, ex.stream, /*copy_trusted=*/true);
+  const problem_shape shape = validate_backward<Attn>(view.args, grads);
+  const std::vector<sequence_span> sequences = detail::sequences_of(shape, view.args);
   const int chunk_rows = detail::resolve_chunk_rows(shape, ws.chunk_rows);
   detail::stream_workspace memory(
       ws, workspace_bytes(shape, chunk_rows, pass::backward, sizeof(Element)), ex.stream);
   cuda_device dev(blas, ex.stream);
-  backward<Attn>(dev, args, grads, shape, memory.data(), chunk_rows);
+  backward<Attn>(dev, args, grads, shape, memory.data(), chunk_rows, sequences);
   memory.release();
 }
 
