@@ -418,10 +418,21 @@ void naive_run(policy_id pol, dir_id dir, problem& p, int threads) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fp32 FMA peak: 12 independent 8-wide FMA chains per thread, all in registers (Zen 3: two FMA
-// pipes of latency 4 need at least 8 chains in flight).
+// fp32 FMA peak: 12 independent FMA chains per thread of the widest vector the build can issue
+// (zmm with AVX-512, else ymm), all in registers (Zen 3: two FMA pipes of latency 4 need at
+// least 8 chains in flight; Sapphire Rapids: two 512-bit pipes likewise).
 // ---------------------------------------------------------------------------------------------
 
+#if defined(__AVX512F__)
+constexpr int k_peak_lanes = 16;
+constexpr const char* k_peak_isa = "AVX-512 (zmm FMA, 16 lanes)";
+#elif defined(__AVX__) && defined(__FMA__)
+constexpr int k_peak_lanes = 8;
+constexpr const char* k_peak_isa = "AVX2 (ymm FMA, 8 lanes)";
+#else
+constexpr int k_peak_lanes = 8;
+constexpr const char* k_peak_isa = "generic 8-lane vectors (no FMA flags given)";
+#endif
 constexpr int k_peak_chains = 12;
 
 /// CPU time of the calling thread in seconds.
@@ -439,12 +450,22 @@ struct peak_result {
 peak_result peak_gflops_once(int threads, long iterations) {
   volatile float seed = 1.0f;
   double checksum = 0, cpu_gflops = 0;
-  const double flops_per_thread = 2.0 * 8 * k_peak_chains * static_cast<double>(iterations);
+  const double flops_per_thread =
+      2.0 * k_peak_lanes * k_peak_chains * static_cast<double>(iterations);
   const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel num_threads(threads) reduction(+ : checksum, cpu_gflops)
   {
     const double cpu0 = thread_cpu_seconds();
-#if defined(__AVX__) && defined(__FMA__)
+#if defined(__AVX512F__)
+    __m512 acc[k_peak_chains];
+    for (int c = 0; c < k_peak_chains; ++c) acc[c] = _mm512_set1_ps(seed * (1.0f + 0.01f * c));
+    const __m512 mul = _mm512_set1_ps(seed * 0.99999f), add = _mm512_set1_ps(seed * 1e-6f);
+    for (long it = 0; it < iterations; ++it) {
+#pragma GCC unroll 12
+      for (int c = 0; c < k_peak_chains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], mul, add);
+    }
+    for (int c = 0; c < k_peak_chains; ++c) checksum += _mm512_reduce_add_ps(acc[c]);
+#elif defined(__AVX__) && defined(__FMA__)
     __m256 acc[k_peak_chains];
     for (int c = 0; c < k_peak_chains; ++c) acc[c] = _mm256_set1_ps(seed * (1.0f + 0.01f * c));
     const __m256 mul = _mm256_set1_ps(seed * 0.99999f), add = _mm256_set1_ps(seed * 1e-6f);
@@ -664,8 +685,8 @@ peak_info measure_peak(const std::string& threads_s) {
 
 int parent_main(const options& opt) {
   const std::string threads_s = std::to_string(opt.threads);
-  std::fprintf(stderr, "host_attention: %d threads%s; measuring the fp32 FMA peak...\n",
-               opt.threads, opt.quick ? ", quick" : "");
+  std::fprintf(stderr, "host_attention: %d threads%s; measuring the fp32 FMA peak with %s...\n",
+               opt.threads, opt.quick ? ", quick" : "", k_peak_isa);
 #if !defined(_OPENMP)
   std::fprintf(stderr, "host_attention: built without OpenMP, so everything runs on one thread\n");
 #endif
@@ -771,10 +792,9 @@ int parent_main(const options& opt) {
   for (int threads : {1, opt.threads}) {
     const bool one = threads == 1;
     std::printf(
-        "{\"name\":\"fma_peak\",\"dtype\":\"float\",\"threads\":%d,\"gflops\":%s,\"gflops_start\":%"
-        "s,"
-        "\"gflops_end\":%s,\"gflops_cpu_time\":%s}\n",
-        threads, json_number(one ? peak.wall1 : peak.wall_n, 2).c_str(),
+        "{\"name\":\"fma_peak\",\"dtype\":\"float\",\"isa\":\"%s\",\"threads\":%d,\"gflops\":%s,"
+        "\"gflops_start\":%s,\"gflops_end\":%s,\"gflops_cpu_time\":%s}\n",
+        k_peak_isa, threads, json_number(one ? peak.wall1 : peak.wall_n, 2).c_str(),
         json_number(one ? peak_start.wall1 : peak_start.wall_n, 2).c_str(),
         json_number(one ? peak_end.wall1 : peak_end.wall_n, 2).c_str(),
         json_number(one ? peak.cpu1 : peak.cpu_n, 2).c_str());
@@ -801,13 +821,13 @@ int parent_main(const options& opt) {
   std::printf("\n## host_attention: B=%d Hq=Hkv=%d float, %d threads%s, %s\n\n", k_batch, k_heads,
               opt.threads, openmp_note, opt.quick ? "quick" : "full");
   std::printf(
-      "fp32 FMA peak (bench kernel, best of start and end): %.1f GFLOP/s on 1 thread, %.1f GFLOP/s "
-      "on %d "
+      "fp32 FMA peak (bench kernel, %s, best of start and end): %.1f GFLOP/s on 1 thread, %.1f "
+      "GFLOP/s on %d "
       "threads (start %.1f, end %.1f; by CPU time %.1f). sinkmoe vs naive check: max rel. diff "
       "%.1e. "
       "Matrix time %.0f s.\n",
-      peak.wall1, peak.wall_n, opt.threads, peak_start.wall_n, peak_end.wall_n, peak.cpu_n,
-      check_err, total_s);
+      k_peak_isa, peak.wall1, peak.wall_n, opt.threads, peak_start.wall_n, peak_end.wall_n,
+      peak.cpu_n, check_err, total_s);
   std::printf(
       "CPU %% = process CPU time / (wall time x threads) of the best repetition, sinkmoe / naive; "
       "%d of %d "

@@ -1,13 +1,13 @@
-// The CPU backend's AVX vector-extension paths (host/tile_ops.hpp, SINKMOE_HOST_VECTOR_EXT):
-// this unit is compiled with -mavx2 -mfma, unlike the other suites, so the hand-vectorised exp
-// and tile products run here against the fp64 oracle. Skipped on a CPU without AVX2/FMA.
+// The CPU backend's vector-extension paths (host/tile_ops.hpp): this unit is compiled twice,
+// with -mavx2 -mfma (SINKMOE_HOST_VECTOR_EXT: 8 lanes, 4 x 16 blocks) and with -mavx512f
+// (test_host_vector_paths_avx512, SINKMOE_HOST_AVX512: 16 lanes, 8 x 32 blocks and a 16-column
+// tail), unlike the other suites, so the hand-vectorised exp and tile products run here against
+// the fp64 oracle. Skipped on a CPU without the instructions.
 #define BOOST_TEST_MODULE host_vector_paths
 #include <boost/test/unit_test.hpp>
-
 #include <cmath>
 #include <limits>
 #include <random>
-
 #include <sinkmoe/sinkmoe.hpp>
 
 #include "support/reference.hpp"
@@ -16,14 +16,22 @@ namespace ref = sinkmoe::testing::ref;
 namespace utf = boost::unit_test;
 
 static_assert(SINKMOE_HOST_VECTOR_EXT == 1, "this unit must be built with AVX enabled");
+#if defined(SINKMOE_TEST_EXPECT_AVX512)
+static_assert(SINKMOE_HOST_AVX512 == 1, "this build must take the AVX-512 path");
+#else
+static_assert(SINKMOE_HOST_AVX512 == 0, "this build must take the AVX2 path");
+#endif
 
 namespace {
 
 struct cpu_has_avx2 {
   boost::test_tools::assertion_result operator()(utf::test_unit_id) const {
-    const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#if SINKMOE_HOST_AVX512
+    ok = ok && __builtin_cpu_supports("avx512f");
+#endif
     boost::test_tools::assertion_result r(ok);
-    if (!ok) r.message() << "the CPU has no AVX2/FMA";
+    if (!ok) r.message() << "the CPU lacks the instructions this build uses (AVX2/FMA, AVX-512F)";
     return r;
   }
 };
@@ -55,7 +63,9 @@ void check_against_oracle(const ref::config& c, unsigned seed) {
   const ref::forward_result want = ref::forward(c, in);
   const ref::gradients want_grad = ref::backward(c, in, ct);
 
-  auto to_float = [](const std::vector<double>& x) { return std::vector<float>(x.begin(), x.end()); };
+  auto to_float = [](const std::vector<double>& x) {
+    return std::vector<float>(x.begin(), x.end());
+  };
   std::vector<float> q = to_float(in.q), k = to_float(in.k), v = to_float(in.v),
                      sinks = to_float(in.sinks), dout = to_float(ct.dout),
                      drouter = to_float(ct.drouter);
@@ -83,7 +93,8 @@ void check_against_oracle(const ref::config& c, unsigned seed) {
 
   // float against fp64: a bound a few hundred float ulps of the result's scale (the products
   // sum up to 130 keys and D = 64 channels).
-  auto check = [](const char* what, const std::vector<float>& got, const std::vector<double>& ref_values) {
+  auto check = [](const char* what, const std::vector<float>& got,
+                  const std::vector<double>& ref_values) {
     const double bound = 5e-5 * std::max(1.0, max_abs(ref_values));
     double worst = 0;
     for (std::size_t i = 0; i < got.size(); ++i)
@@ -130,6 +141,6 @@ BOOST_AUTO_TEST_CASE(learned_sink_unmasked_tq_ne_tk, *utf::precondition(cpu_has_
   ref::config c{.B = 1, .Tq = 65, .Tk = 127, .Hq = 2, .Hkv = 1, .D = 48, .scale = 0.144};
   c.sink = ref::sink_kind::learned;
   c.mask = ref::mask_kind::none;
-  check_against_oracle<sinkmoe::attention<sinkmoe::sink::learned, sinkmoe::gate::none,
-                                          sinkmoe::mask::none>>(c, 2);
+  check_against_oracle<
+      sinkmoe::attention<sinkmoe::sink::learned, sinkmoe::gate::none, sinkmoe::mask::none>>(c, 2);
 }

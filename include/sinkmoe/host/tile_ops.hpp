@@ -61,11 +61,68 @@ inline void gemm_micro_f32(const float* a, int lda, const float* b, int ldb, int
   }
 }
 
-/// C[M][n] (= or +=) A[M][k] * B[k][n], n a multiple of 16, in 4 x 16 register blocks.
+// SINKMOE_HOST_AVX512: 16-lane vectors on an AVX-512 target (-mavx512f or -march=native on such
+// a machine): a register block of 8 rows x 32 columns keeps 16 zmm accumulators, 2 for B and one
+// broadcast of 32 registers (the AVX2 block holds 8 of 16). Each C element still sums its k
+// products in the same order with the same FMAs, so results are bitwise those of the AVX2 and
+// generic paths. SINKMOE_NO_AVX512 keeps the AVX2 path (tests build both).
+#if defined(__AVX512F__) && !defined(SINKMOE_NO_AVX512)
+#define SINKMOE_HOST_AVX512 1
+typedef float v16f __attribute__((vector_size(64)));
+typedef std::int32_t v16i __attribute__((vector_size(64)));
+inline v16f load16(const float* p) {
+  v16f v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, v16f v) { __builtin_memcpy(p, &v, sizeof v); }
+
+/// C[R][16 * Vectors] (= or +=) A[R][k] * B[k][16 * Vectors]: R * Vectors zmm accumulators.
+template <int R, int Vectors, bool Accumulate>
+inline void gemm_micro_f32_512(const float* a, int lda, const float* b, int ldb, int k, float* c,
+                               int ldc) {
+  v16f acc[R][Vectors];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < Vectors; ++v)
+      acc[r][v] = Accumulate ? load16(c + r * ldc + 16 * v) : v16f{};
+  for (int kk = 0; kk < k; ++kk) {
+    v16f bv[Vectors];
+    for (int v = 0; v < Vectors; ++v) {
+      bv[v] = load16(b + kk * ldb + 16 * v);
+      asm("" : "+v"(bv[v]));  // keep B in registers (see gemm_micro_f32)
+    }
+    for (int r = 0; r < R; ++r) {
+      const v16f av = v16f{} + a[r * lda + kk];
+      for (int v = 0; v < Vectors; ++v) acc[r][v] += av * bv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < Vectors; ++v) store16(c + r * ldc + 16 * v, acc[r][v]);
+}
+#else
+#define SINKMOE_HOST_AVX512 0
+#endif
+
+/// C[M][n] (= or +=) A[M][k] * B[k][n], n a multiple of 16: 8 x 32 blocks (and an 8 x 16 tail)
+/// on AVX-512, else 4 x 16 blocks.
 template <int M, bool Accumulate>
 inline void gemm_f32(const float* a, int lda, const float* b, int ldb, int k, float* c, int ldc,
                      int n) {
   static_assert(M % k_row_block == 0);
+#if SINKMOE_HOST_AVX512
+  if constexpr (M % 8 == 0) {
+    int j0 = 0;
+    for (; j0 + 32 <= n; j0 += 32)
+      for (int i0 = 0; i0 < M; i0 += 8)
+        gemm_micro_f32_512<8, 2, Accumulate>(a + i0 * lda, lda, b + j0, ldb, k, c + i0 * ldc + j0,
+                                             ldc);
+    for (; j0 < n; j0 += 16)
+      for (int i0 = 0; i0 < M; i0 += 8)
+        gemm_micro_f32_512<8, 1, Accumulate>(a + i0 * lda, lda, b + j0, ldb, k, c + i0 * ldc + j0,
+                                             ldc);
+    return;
+  }
+#endif
   for (int j0 = 0; j0 < n; j0 += k_col_block)
     for (int i0 = 0; i0 < M; i0 += k_row_block)
       gemm_micro_f32<k_row_block, Accumulate>(a + i0 * lda, lda, b + j0, ldb, k, c + i0 * ldc + j0,
@@ -73,6 +130,7 @@ inline void gemm_f32(const float* a, int lda, const float* b, int ldb, int k, fl
 }
 #else
 #define SINKMOE_HOST_VECTOR_EXT 0
+#define SINKMOE_HOST_AVX512 0
 #endif
 
 /// C[M][n] (= or +=) A[M][k] * B[k][n] (row strides lda, ldb, ldc; n a multiple of the column
@@ -158,27 +216,30 @@ inline float exp_vectorizable(float x) {
 }
 
 #if SINKMOE_HOST_VECTOR_EXT
-/// 8 lanes of exp_vectorizable, written lane-parallel (see SINKMOE_HOST_VECTOR_EXT).
-inline v8f exp8(v8f x) {
-  const v8f lo = v8f{} - 87.0f, hi = v8f{} + 88.0f;
-  v8f clamped = x < lo ? lo : x;
+/// exp_vectorizable on every lane of a V (8 or 16 floats) with lanes of I, written lane-parallel
+/// (see SINKMOE_HOST_VECTOR_EXT): the same operations per lane as the scalar version.
+template <class V, class I>
+inline V exp_lanes(V x) {
+  const V lo = V{} - 87.0f, hi = V{} + 88.0f;
+  V clamped = x < lo ? lo : x;
   clamped = clamped > hi ? hi : clamped;
-  const v8f magic = v8f{} + 12582912.0f;
-  const v8f n = (clamped * 1.44269504088896341f + magic) - magic;
-  v8f r = clamped - n * 0.693359375f;
+  const V magic = V{} + 12582912.0f;
+  const V n = (clamped * 1.44269504088896341f + magic) - magic;
+  V r = clamped - n * 0.693359375f;
   r -= n * -2.12194440e-4f;
-  const v8f r2 = r * r;
-  v8f p = v8f{} + 1.9875691500e-4f;
+  const V r2 = r * r;
+  V p = V{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  const v8f result = p * std::bit_cast<v8f>(bits);
-  return x < lo ? v8f{} : result;
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  const V result = p * std::bit_cast<V>(bits);
+  return x < lo ? V{} : result;
 }
+inline v8f exp8(v8f x) { return exp_lanes<v8f, v8i>(x); }
 #endif
 
 /// out[j] = exp(in[j] - shift) for a row; float uses the vectorisable exp, double std::exp.
@@ -186,6 +247,9 @@ template <class F>
 inline void exp_row(const F* in, F shift, int n, F* out) {
   if constexpr (std::is_same_v<F, float>) {
     int j = 0;
+#if SINKMOE_HOST_AVX512
+    for (; j + 16 <= n; j += 16) store16(out + j, exp_lanes<v16f, v16i>(load16(in + j) - shift));
+#endif
 #if SINKMOE_HOST_VECTOR_EXT
     for (; j + 8 <= n; j += 8) store8(out + j, exp8(load8(in + j) - shift));
 #endif
