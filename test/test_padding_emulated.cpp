@@ -48,11 +48,6 @@ void round_to_bf16(padded_problem& p) {
   for (double& x : p.in.sinks) x = double(float(x));
 }
 
-/// What one exec::cuda path produced, as doubles in the oracle's layouts.
-struct run_result {
-  st::library_result r;
-};
-
 enum class path { fused, unfused };
 
 /// Runs one path on p; with `cu` (offsets of a packed B = 1 batch) the batch is varlen, else

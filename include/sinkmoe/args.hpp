@@ -127,11 +127,16 @@ sequence_span sequence_at(const problem_shape& shape, const forward_args<T>& a, 
   return sequence_at(shape, a.varlen, a.seqlens, s);
 }
 
-/// Calls f(row) for each of the `total` rows outside `real` (the padding of one sequence).
-template <class Fn>
-void for_each_padding_row(int total, const real_rows& real, Fn&& f) {
-  for (int row = 0; row < real.begin; ++row) f(row);
-  for (int row = real.begin + real.count; row < total; ++row) f(row);
+/// Calls f(b, row) for every padding query row of a validated padded batch (none without
+/// forward_args::seqlens), batch entry by batch entry.
+template <class T, class Fn>
+void for_each_padding_query_row(const problem_shape& shape, const forward_args<T>& a, Fn&& f) {
+  if (!a.seqlens.enabled()) return;
+  for (int b = 0; b < shape.batch; ++b) {
+    const sequence_span span = sequence_at(shape, a, b);
+    for (int row = 0; row < span.q_begin; ++row) f(b, row);
+    for (int row = span.q_begin + span.tq; row < shape.tq; ++row) f(b, row);
+  }
 }
 
 }  // namespace sinkmoe

@@ -78,16 +78,17 @@ inline void check_varlen(const varlen_batch& vl, index_t total_q, index_t total_
   check_offsets(vl.cu_seqlens_k, "varlen.cu_seqlens_k", total_k, vl.max_seqlen_k);
 }
 
-/// A padded batch's lengths: [B] views of values in [0, T] (read only where readable).
+/// A padded batch's lengths: [B] views of values in [0, T], host-readable (exec::cuda copies
+/// them to the host first).
 inline void check_sequence_lengths(const sequence_lengths& lengths, index_t batch, index_t tq,
-                                   index_t tk, offsets what) {
+                                   index_t tk) {
   require(lengths.side == padding_side::right || lengths.side == padding_side::left,
-          "forward_args.seqlens.side = ", static_cast<int>(lengths.side), ": not a padding_side value");
+          "forward_args.seqlens.side = ", static_cast<int>(lengths.side),
+          ": not a padding_side value");
   const auto check = [&](const tensor_view<const std::int32_t, 1>& view, const char* name,
                          index_t rows) {
     if (view.empty()) return;
     require_shape(name, view, {batch});
-    if (what == offsets::trusted) return;
     for (index_t b = 0; b < batch; ++b)
       require(view(b) >= 0 && view(b) <= rows, name, "[", b, "] = ", view(b), ": must be in [0, ",
               rows, "] (the tensor's T)");
@@ -154,7 +155,7 @@ problem_shape validate_forward(const forward_args<T>& a,
             "varlen.cu_seqlens_k is set while cu_seqlens_q is null");
     require(a.varlen.num_seqs == 0, "varlen.num_seqs = ", a.varlen.num_seqs,
             " with null cu_seqlens_q: set the offsets, or leave num_seqs 0");
-    check_sequence_lengths(a.seqlens, batch, tq, tk, varlen_offsets);
+    check_sequence_lengths(a.seqlens, batch, tq, tk);
   }
   require_no_overlap(a);  // outputs apart from each other and the inputs (core/overlap.hpp)
   return shape;

@@ -213,18 +213,13 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
   });
   // Padding query rows of a padded batch get zero gradients (padding keys got them above: no
   // sequence writes their partials).
-  if (a.seqlens.enabled()) {
-    for (int b = 0; b < shape.batch; ++b) {
-      const sequence_span span = sequence_at(shape, a, b);
-      for_each_padding_row(shape.tq, {span.q_begin, span.tq}, [&](int row) {
-        for (int h = 0; h < hq; ++h) {
-          std::fill_n(&g.dq(b, row, h, 0), d, T(0));
-          if constexpr (Gate::enabled)
-            std::fill_n(&g.dgate_logits(b, row, h, 0), shape.gate_dim, T(0));
-        }
-      });
+  for_each_padding_query_row(shape, a, [&](int b, int row) {
+    for (int h = 0; h < hq; ++h) {
+      std::fill_n(&g.dq(b, row, h, 0), d, T(0));
+      if constexpr (Gate::enabled)
+        std::fill_n(&g.dgate_logits(b, row, h, 0), shape.gate_dim, T(0));
     }
-  }
+  });
   if constexpr (Sink::trainable) {
     for (int h = 0; h < hq; ++h) {
       F total = F(0);

@@ -58,19 +58,16 @@ template <class Sink, class T>
 void write_padding_rows(const forward_args<T>& a, const problem_shape& shape) {
   using F = accum_t<T>;
   const index_t sinks_stride = a.sinks.empty() ? 0 : a.sinks.stride[0];
-  for (int b = 0; b < shape.batch; ++b) {
-    const sequence_span span = sequence_at(shape, a, b);
-    for_each_padding_row(shape.tq, {span.q_begin, span.tq}, [&](int row) {
-      for (int h = 0; h < shape.q_heads; ++h) {
-        T* out_row = &a.out(b, row, h, 0);
-        std::fill(out_row, out_row + shape.head_dim, T(0));
-        if (!a.lse.empty())
-          a.lse(b, h, row) = rowwise::empty_row_lse<Sink>(a.params, a.sinks.data, sinks_stride, h);
-        if (!a.router.empty()) a.router(b, h, row) = F(0);
-        if (!a.first_key_mass.empty()) a.first_key_mass(b, h, row) = F(0);
-      }
-    });
-  }
+  for_each_padding_query_row(shape, a, [&](int b, int row) {
+    for (int h = 0; h < shape.q_heads; ++h) {
+      T* out_row = &a.out(b, row, h, 0);
+      std::fill(out_row, out_row + shape.head_dim, T(0));
+      if (!a.lse.empty())
+        a.lse(b, h, row) = rowwise::empty_row_lse<Sink>(a.params, a.sinks.data, sinks_stride, h);
+      if (!a.router.empty()) a.router(b, h, row) = F(0);
+      if (!a.first_key_mass.empty()) a.first_key_mass(b, h, row) = F(0);
+    }
+  });
 }
 
 }  // namespace detail
@@ -217,7 +214,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
         a.first_key_mass(b, h, row) = math::exp_shifted(first_key_score[i], fr.lse);
     }
   });
-  if (a.seqlens.enabled()) detail::write_padding_rows<Sink>(a, shape);
+  detail::write_padding_rows<Sink>(a, shape);
 }
 
 }  // namespace sinkmoe::host

@@ -22,12 +22,19 @@ constexpr int padded_dim(int d) { return (d + k_col_block - 1) / k_col_block * k
 #define SINKMOE_HOST_VECTOR_EXT 1
 typedef float v8f __attribute__((vector_size(32)));
 typedef std::int32_t v8i __attribute__((vector_size(32)));
-inline v8f load8(const float* p) {
-  v8f v;
+/// Unaligned loads and stores of a vector V (v8f here, v16f on AVX-512).
+template <class V>
+inline V load_vec(const float* p) {
+  V v;
   __builtin_memcpy(&v, p, sizeof v);
   return v;
 }
-inline void store8(float* p, v8f v) { __builtin_memcpy(p, &v, sizeof v); }
+template <class V>
+inline void store_vec(float* p, V v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+inline v8f load8(const float* p) { return load_vec<v8f>(p); }
+inline void store8(float* p, v8f v) { store_vec(p, v); }
 
 /// C[R][16] (= or +=) A[R][k] (row stride lda) * B[k][16] (row stride ldb): 2R accumulators.
 template <int R, bool Accumulate>
@@ -70,12 +77,8 @@ inline void gemm_micro_f32(const float* a, int lda, const float* b, int ldb, int
 #define SINKMOE_HOST_AVX512 1
 typedef float v16f __attribute__((vector_size(64)));
 typedef std::int32_t v16i __attribute__((vector_size(64)));
-inline v16f load16(const float* p) {
-  v16f v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void store16(float* p, v16f v) { __builtin_memcpy(p, &v, sizeof v); }
+inline v16f load16(const float* p) { return load_vec<v16f>(p); }
+inline void store16(float* p, v16f v) { store_vec(p, v); }
 
 /// C[R][16 * Vectors] (= or +=) A[R][k] * B[k][16 * Vectors]: R * Vectors zmm accumulators.
 template <int R, int Vectors, bool Accumulate>

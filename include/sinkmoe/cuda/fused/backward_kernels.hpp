@@ -211,15 +211,7 @@ backward_params<Element> make_backward_params(const forward_args<Element>& a,
   p.q_tiles = w.q_tiles;
   p.dkdv_splits = w.dkdv_splits;
   if (w.dkdv_splits > 1) p.dkdv_partial = reinterpret_cast<float*>(base + w.dkdv_partial);
-  p.cu_seqlens_q = a.varlen.cu_seqlens_q;
-  p.cu_seqlens_k = a.varlen.cu_seqlens_k;
-  p.seqlens_q = padding::lengths_ref::of(a.seqlens.q);
-  p.seqlens_k = padding::lengths_ref::of(a.seqlens.k);
-  p.side = a.seqlens.side;
-  p.max_tq = max_tq;
-  p.max_tk = max_tk;
-  p.shape = shape;
-  p.params = a.params;
+  set_batch_layout(p, a, shape, max_tq, max_tk);
   return p;
 }
 

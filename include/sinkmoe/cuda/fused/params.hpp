@@ -33,6 +33,23 @@ struct forward_params {
   attention_params params;
 };
 
+/// The fields forward_params and backward_params share: where the call's sequences sit (varlen
+/// offsets, a padded batch's lengths, pointers where the kernels run), the grid's longest
+/// sequences, the sizes and the runtime parameters.
+template <class Params, class Element>
+void set_batch_layout(Params& p, const forward_args<Element>& a, const problem_shape& shape,
+                      int max_tq, int max_tk) {
+  p.cu_seqlens_q = a.varlen.cu_seqlens_q;
+  p.cu_seqlens_k = a.varlen.cu_seqlens_k;
+  p.seqlens_q = padding::lengths_ref::of(a.seqlens.q);
+  p.seqlens_k = padding::lengths_ref::of(a.seqlens.k);
+  p.side = a.seqlens.side;
+  p.max_tq = max_tq;
+  p.max_tk = max_tk;
+  p.shape = shape;
+  p.params = a.params;
+}
+
 /// Kernel parameters from validated forward arguments (pointers where the kernel runs) whose
 /// longest sequences are max_tq and max_tk rows. Throws sinkmoe::error when a row of q, k, v or
 /// out is not 16-byte aligned.
@@ -54,15 +71,7 @@ forward_params<Element> make_forward_params(const forward_args<Element>& a,
   p.lse = strided_ref<float>::of(a.lse);
   p.router = strided_ref<float>::of(a.router);
   p.first_key_mass = strided_ref<float>::of(a.first_key_mass);
-  p.cu_seqlens_q = a.varlen.cu_seqlens_q;
-  p.cu_seqlens_k = a.varlen.cu_seqlens_k;
-  p.seqlens_q = padding::lengths_ref::of(a.seqlens.q);
-  p.seqlens_k = padding::lengths_ref::of(a.seqlens.k);
-  p.side = a.seqlens.side;
-  p.max_tq = max_tq;
-  p.max_tk = max_tk;
-  p.shape = shape;
-  p.params = a.params;
+  set_batch_layout(p, a, shape, max_tq, max_tk);
   return p;
 }
 
