@@ -114,7 +114,7 @@ double check_forward(policy p, element e, const spec& s, int head_dim,
     const fc::outputs naive = fc::naive16<Attn, E>(pb);
     const fc::outputs got{kernel.out, kernel.lse, kernel.router, kernel.first_key_mass};
     double worst = 0.0;
-    worst = std::max(worst, fc::check_rule("out", got.out, naive.out, fp64.out));
+    worst = std::max(worst, fc::check_rule<E>("out", got.out, naive.out, fp64.out));
     worst = std::max(worst, fc::check_rule("lse", got.lse, naive.lse, fp64.lse));
     worst = std::max(worst, fc::check_rule("router", got.router, naive.router, fp64.router));
     worst = std::max(worst, fc::check_rule("first_key_mass", got.first_key_mass,
@@ -137,14 +137,14 @@ double check_backward(policy p, element e, const spec& s, int head_dim,
     kernel_forward.lse = forward.lse;
     const fc::gradient_set naive = fc::naive16_backward<Attn, E>(pb, ct, kernel_forward);
     double worst = 0.0;
-    worst = std::max(worst, fc::check_rule("dq", kernel.dq, naive.dq, fp64.dq));
-    worst = std::max(worst, fc::check_rule("dk", kernel.dk, naive.dk, fp64.dk));
-    worst = std::max(worst, fc::check_rule("dv", kernel.dv, naive.dv, fp64.dv));
+    worst = std::max(worst, fc::check_rule<E>("dq", kernel.dq, naive.dq, fp64.dq));
+    worst = std::max(worst, fc::check_rule<E>("dk", kernel.dk, naive.dk, fp64.dk));
+    worst = std::max(worst, fc::check_rule<E>("dv", kernel.dv, naive.dv, fp64.dv));
     if constexpr (Attn::sink_type::trainable)
       worst = std::max(worst, fc::check_rule("dsinks", kernel.dsinks, naive.dsinks, fp64.dsinks));
     if constexpr (Attn::gate_type::enabled)
       worst =
-          std::max(worst, fc::check_rule("dgate_logits", kernel.dgate, naive.dgate, fp64.dgate));
+          std::max(worst, fc::check_rule<E>("dgate_logits", kernel.dgate, naive.dgate, fp64.dgate));
     return worst;
   });
 }

@@ -305,13 +305,13 @@ double run_backward_case(const case_spec& spec, const std::string& label) {
     kernel_forward.out = kernel.out;
     kernel_forward.lse = kernel.lse;
     const gradient_set naive = naive16_backward<Attn, E>(pb, ct, kernel_forward);
-    worst = std::max(worst, check_rule("dq", kernel.dq, naive.dq, fp64.dq));
-    worst = std::max(worst, check_rule("dk", kernel.dk, naive.dk, fp64.dk));
-    worst = std::max(worst, check_rule("dv", kernel.dv, naive.dv, fp64.dv));
+    worst = std::max(worst, check_rule<E>("dq", kernel.dq, naive.dq, fp64.dq));
+    worst = std::max(worst, check_rule<E>("dk", kernel.dk, naive.dk, fp64.dk));
+    worst = std::max(worst, check_rule<E>("dv", kernel.dv, naive.dv, fp64.dv));
     if constexpr (Sink::trainable)
       worst = std::max(worst, check_rule("dsinks", kernel.dsinks, naive.dsinks, fp64.dsinks));
     if constexpr (Gate::enabled)
-      worst = std::max(worst, check_rule("dgate_logits", kernel.dgate, naive.dgate, fp64.dgate));
+      worst = std::max(worst, check_rule<E>("dgate_logits", kernel.dgate, naive.dgate, fp64.dgate));
   }
   return worst;
 }

@@ -386,22 +386,22 @@ double run_case(const fc::case_spec& spec, int head_dim, int chunk_rows) {
     const gradients naive_grads = naive16_backward<Attn, E>(pb, naive, ct);
     BOOST_TEST(run.padding_intact, "a row padding of out, dq, dk or dv was written");
     BOOST_TEST(run.workspace_guard_intact, "the workspace was written past its end");
-    worst = std::max(worst, fc::check_rule("out", run.forward.out, naive.out, fp64.out));
+    worst = std::max(worst, fc::check_rule<E>("out", run.forward.out, naive.out, fp64.out));
     worst = std::max(worst, fc::check_rule("lse", run.forward.lse, naive.lse, fp64.lse));
     worst =
         std::max(worst, fc::check_rule("router", run.forward.router, naive.router, fp64.router));
     worst = std::max(worst, fc::check_rule("first_key_mass", run.forward.first_key_mass,
                                            naive.first_key_mass, fp64.first_key_mass));
     fc::check_empty_rows<Attn>(pb, run.forward);
-    worst = std::max(worst, fc::check_rule("dq", run.grads.dq, naive_grads.dq, fp64.dq));
-    worst = std::max(worst, fc::check_rule("dk", run.grads.dk, naive_grads.dk, fp64.dk));
-    worst = std::max(worst, fc::check_rule("dv", run.grads.dv, naive_grads.dv, fp64.dv));
+    worst = std::max(worst, fc::check_rule<E>("dq", run.grads.dq, naive_grads.dq, fp64.dq));
+    worst = std::max(worst, fc::check_rule<E>("dk", run.grads.dk, naive_grads.dk, fp64.dk));
+    worst = std::max(worst, fc::check_rule<E>("dv", run.grads.dv, naive_grads.dv, fp64.dv));
     if constexpr (Sink::trainable)
       worst = std::max(worst,
                        fc::check_rule("dsinks", run.grads.dsinks, naive_grads.dsinks, fp64.dsinks));
     if constexpr (Gate::enabled)
       worst = std::max(
-          worst, fc::check_rule("dgate_logits", run.grads.dgate, naive_grads.dgate, fp64.dgate));
+          worst, fc::check_rule<E>("dgate_logits", run.grads.dgate, naive_grads.dgate, fp64.dgate));
   }
   return worst;
 }

@@ -31,14 +31,6 @@ inline constexpr int k_preprocess_rows = 64;
 
 namespace detail {
 
-/// Elements e and e + 1 of a row, widened to float, from one 4-byte load (e even).
-template <class Element>
-SINKMOE_DEVICE inline void load_pair(const Element* row, int e, float (&out)[2]) {
-  const std::uint32_t packed = arch::load_global(reinterpret_cast<const std::uint32_t*>(row + e));
-  out[0] = arch::unpack<Element>(packed, 0);
-  out[1] = arch::unpack<Element>(packed, 1);
-}
-
 /// True when query row t sees at least one key: the mask's key range, 32 keys at a time (one
 /// step for the built-in masks, whose key_range is exact). Warp-uniform.
 template <class Mask>
@@ -141,12 +133,12 @@ struct backward_preprocess_kernel {
     SINKMOE_ARCH_UNROLL
     for (int j = 0; j < k_pairs; ++j) {
       const int c = 64 * j + 2 * lane;
-      detail::load_pair(p.dout.at(s.batch, row, h), c, dy[j]);
-      detail::load_pair(p.out.at(s.batch, row, h), c, y[j]);
+      load_pair(p.dout.at(s.batch, row, h), c, dy[j]);
+      load_pair(p.out.at(s.batch, row, h), c, y[j]);
       dot_dy_y += dy[j][0] * y[j][0];
       dot_dy_y += dy[j][1] * y[j][1];
       z[j][0] = z[j][1] = 0.0f;
-      if constexpr (k_gate_dim == HeadDim) detail::load_pair(z_row, c, z[j]);
+      if constexpr (k_gate_dim == HeadDim) load_pair(z_row, c, z[j]);
       if constexpr (k_gate_dim == 1) z[j][0] = arch::to_float(arch::load_global(z_row));
     }
     return arch::warp_reduce_sum(dot_dy_y);
@@ -160,8 +152,8 @@ struct backward_preprocess_kernel {
     SINKMOE_ARCH_UNROLL
     for (int j = 0; j < k_pairs; ++j) {
       float qv[2], kv[2];
-      detail::load_pair(p.q.at(s.batch, row, h), 64 * j + 2 * arch::lane_id(), qv);
-      detail::load_pair(p.k.at(s.batch, s.k_begin, hk), 64 * j + 2 * arch::lane_id(), kv);
+      load_pair(p.q.at(s.batch, row, h), 64 * j + 2 * arch::lane_id(), qv);
+      load_pair(p.k.at(s.batch, s.k_begin, hk), 64 * j + 2 * arch::lane_id(), kv);
       dot += qv[0] * kv[0] + qv[1] * kv[1];
     }
     return score.transform(arch::warp_reduce_sum(dot));

@@ -119,6 +119,21 @@ inline int max_key_rows(const problem_shape& shape, const varlen_batch& varlen) 
   return longest_sequence(shape.tk, varlen, varlen.cu_seqlens_k, varlen.max_seqlen_k);
 }
 
+/// Elements e and e + 1 of a global-memory row of 16-bit values, packed, from one 4-byte load
+/// (e even; the row pair-aligned, as the launchers check).
+template <class Element>
+SINKMOE_DEVICE inline std::uint32_t load_packed_pair(const Element* row, int e) {
+  return arch::load_global(reinterpret_cast<const std::uint32_t*>(row + e));
+}
+
+/// load_packed_pair widened to float.
+template <class Element>
+SINKMOE_DEVICE inline void load_pair(const Element* row, int e, float (&out)[2]) {
+  const std::uint32_t packed = load_packed_pair(row, e);
+  out[0] = arch::unpack<Element>(packed, 0);
+  out[1] = arch::unpack<Element>(packed, 1);
+}
+
 /// Throws unless a launch's grid fits the hardware's y and z limits (heads, sequences).
 inline void require_grid_limits(const char* what, int q_heads, int sequences) {
   sinkmoe::detail::require(q_heads <= 65535 && sequences <= 65535, what, ": Hq = ", q_heads,
@@ -154,7 +169,7 @@ void require_rows_16_byte_aligned(const char* name, const tensor_view<T, 4>& vie
 /// An elementwise gate's d(gate logits) is written two elements at a time (32-bit stores).
 template <class T>
 void require_pairs_4_byte_aligned(const char* name, const tensor_view<T, 4>& view) {
-  require_aligned_rows(name, view, 4, "2-element stores");
+  require_aligned_rows(name, view, 4, "2-element loads and stores");
 }
 
 }  // namespace detail

@@ -59,6 +59,27 @@ SINKMOE_DEVICE void forward_epilogue(const forward_params<Element>& p, const for
   if (wants_first_key) arch::sync_warp();  // the lanes holding column 0 wrote first_key
   SINKMOE_ARCH_UNROLL
   for (int m = 0; m < M; ++m) {
+    // The gate logits of the thread's two rows, every pair loaded before any is used, so that
+    // the loads are in flight together: loaded inside the loop below they would each wait for
+    // the one before, one global-memory latency per 2 channels (the staging stores between
+    // them may alias the logits, so the compiler cannot hoist them), which made the gated
+    // forward twice as slow as the vanilla one on an H200.
+    std::uint32_t z_pairs[2][gate_dim == Traits::head_dim ? O : 1] = {};
+    float z_headwise[2] = {0.0f, 0.0f};
+    if constexpr (Gate::enabled) {
+      SINKMOE_ARCH_UNROLL
+      for (int r = 0; r < 2; ++r) {
+        const int row_local = warp_row0 + 16 * m + lane / 4 + 8 * r;
+        if (row_local >= rows) continue;
+        const Element* z_row = p.gate_logits.at(s.batch, s.q_begin + q0 + row_local, h);
+        if constexpr (gate_dim == Traits::head_dim) {
+          SINKMOE_ARCH_UNROLL
+          for (int n = 0; n < O; ++n) z_pairs[r][n] = load_packed_pair(z_row, n * 8 + 2 * quad);
+        } else {
+          z_headwise[r] = arch::to_float(arch::load_global(z_row));
+        }
+      }
+    }
     SINKMOE_ARCH_UNROLL
     for (int r = 0; r < 2; ++r) {
       const int i = 2 * m + r;
@@ -72,26 +93,16 @@ SINKMOE_DEVICE void forward_epilogue(const forward_params<Element>& p, const for
       const rowwise::forward_row<float> fr = rowwise::finish_forward_row<Sink>(
           softmax.row_max[i] * score_to_natural, softmax.row_sum[i], sink_score);
 
-      const Element* z_row = nullptr;
-      float z_headwise = 0.0f;
-      if constexpr (Gate::enabled) {
-        if (valid) {
-          z_row = p.gate_logits.at(s.batch, row, h);
-          if constexpr (gate_dim == 1) z_headwise = arch::to_float(arch::load_global(z_row));
-        }
-      }
       float gate_value = 1.0f, gate_sum = 0.0f;
       SINKMOE_ARCH_UNROLL
       for (int n = 0; n < O; ++n) {
         const int col = n * 8 + 2 * quad;
         float slice[2] = {acc_o[m][n][2 * r] * fr.normaliser,
                           acc_o[m][n][2 * r + 1] * fr.normaliser};
-        float z[2] = {z_headwise, 0.0f};
+        float z[2] = {z_headwise[r], 0.0f};
         if constexpr (gate_dim == Traits::head_dim) {
-          if (z_row != nullptr) {
-            z[0] = arch::to_float(arch::load_global(z_row + col));
-            z[1] = arch::to_float(arch::load_global(z_row + col + 1));
-          }
+          z[0] = arch::unpack<Element>(z_pairs[r][n], 0);
+          z[1] = arch::unpack<Element>(z_pairs[r][n], 1);
         }
         const float slice_value = Gate::forward_row(slice, 2, z);
         if constexpr (Gate::slices == slice_router::channel_mean)

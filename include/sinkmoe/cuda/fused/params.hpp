@@ -52,7 +52,7 @@ void set_batch_layout(Params& p, const forward_args<Element>& a, const problem_s
 
 /// Kernel parameters from validated forward arguments (pointers where the kernel runs) whose
 /// longest sequences are max_tq and max_tk rows. Throws sinkmoe::error when a row of q, k, v or
-/// out is not 16-byte aligned.
+/// out is not 16-byte aligned, or an elementwise gate's logits are not pair-aligned (4 bytes).
 template <arch::half_precision Element>
 forward_params<Element> make_forward_params(const forward_args<Element>& a,
                                             const problem_shape& shape, int max_tq, int max_tk) {
@@ -60,6 +60,8 @@ forward_params<Element> make_forward_params(const forward_args<Element>& a,
   detail::require_rows_16_byte_aligned("forward_args.k", a.k);
   detail::require_rows_16_byte_aligned("forward_args.v", a.v);
   detail::require_rows_16_byte_aligned("forward_args.out", a.out);
+  if (shape.gate_dim > 1)  // a gate logit per channel: read in pairs
+    detail::require_pairs_4_byte_aligned("forward_args.gate_logits", a.gate_logits);
   forward_params<Element> p{};
   p.q = strided_ref<const Element>::of(a.q);
   p.k = strided_ref<const Element>::of(a.k);
