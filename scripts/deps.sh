@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, only when missing, what a fresh Debian 12 machine needs to build and run the sinkmoe
-# tests: cmake, ninja, g++ (with libgomp for OpenMP), Boost.Test and Boost.Context.
+# tests: cmake, ninja, g++ (with libgomp for OpenMP), Boost.Test and Boost.Context, and Open MPI
+# (the distributed-balancing tests and examples; mpiexec wants an ssh client even on one node).
 # Idempotent and quiet when there is nothing to do. Runs as root, or through sudo when available.
 set -euo pipefail
 
@@ -23,6 +24,11 @@ fi
 if [[ ! -f /usr/include/boost/context/fiber.hpp ]] || ! have_lib libboost_context.so; then
   missing+=(libboost-context-dev)
 fi
+
+if ! command -v mpicxx >/dev/null 2>&1 || ! command -v mpiexec >/dev/null 2>&1; then
+  missing+=(libopenmpi-dev openmpi-bin)
+fi
+command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 
 cmake_is_recent() {  # cmake >= 3.25 (Debian 12 ships 3.25.1)
   local v

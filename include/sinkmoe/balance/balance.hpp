@@ -181,6 +181,19 @@ std::span<const tensor_view<F, 3>> as_drouter(R&& drouter) {
     return {};
 }
 
+/// Checks drouter against the inputs: one writable [B, H, Tq] view per layer, of the router's
+/// shape.
+template <class F>
+void check_drouter(std::span<const layer_input<F>> inputs,
+                   std::span<const tensor_view<F, 3>> drouter) {
+  sinkmoe::detail::require(drouter.size() == inputs.size(), "balance drouter: ", drouter.size(),
+                           " layers given, ", inputs.size(), " expected");
+  for (std::size_t l = 0; l < inputs.size(); ++l)
+    sinkmoe::detail::require(!drouter[l].empty() && drouter[l].shape == inputs[l].router.shape,
+                             "balance drouter[", l, "]: shape ", drouter[l].shape, ", expected ",
+                             inputs[l].router.shape);
+}
+
 /// F of the span<const layer_input<F>> that as_inputs returns.
 template <class S>
 using input_scalar = typename S::value_type::scalar;
@@ -221,6 +234,37 @@ inline layer_head_metrics of_layer(const importance_sums& sums, int l,
                                                       [&](double x) { return x < threshold; })) /
                                  heads);
   return m;
+}
+
+}  // namespace formulas
+
+namespace formulas {
+
+/// dL/dG on one counted token of each head: dL/dImp[h] / tokens (Imp is a mean over the layer's
+/// counted tokens), 0 for a layer without counted tokens.
+inline std::vector<double> token_grad(std::vector<double> importance_grad, double tokens) {
+  for (double& g : importance_grad) g = tokens > 0 ? g / tokens : 0.0;
+  return importance_grad;
+}
+
+/// drouter[l](b, h, t) = token_grad[l][h] on counted tokens, 0 elsewhere, for checked inputs and
+/// drouter (token_grad[l] holds one value per head of inputs[l]).
+template <class F>
+void write_router_grad(const exec::host& ex, std::span<const layer_input<F>> inputs,
+                       std::span<const tensor_view<F, 3>> drouter,
+                       std::span<const std::vector<double>> token_grad) {
+  for (std::size_t l = 0; l < inputs.size(); ++l) {
+    const auto& in = inputs[l];
+    const auto& out = drouter[l];
+    const int heads = static_cast<int>(in.router.shape[1]);
+    host::detail::parallel_for(ex.threads, in.router.shape[0] * heads, [&](std::int64_t i) {
+      const index_t b = i / heads;
+      const int h = static_cast<int>(i % heads);
+      const F per_token = F(token_grad[l][static_cast<std::size_t>(h)]);
+      for (index_t t = 0; t < in.router.shape[2]; ++t)
+        out(b, h, t) = in.counted(b, t) != 0 ? per_token : F(0);
+    });
+  }
 }
 
 }  // namespace formulas
@@ -371,26 +415,11 @@ struct importance_cv2 {
       detail::require(rep.layers[l].importance.size() == std::size_t(heads),
                       "balance report.layers[", l, "]: ", rep.layers[l].importance.size(),
                       " heads, inputs have ", heads);
-    detail::require(drouter.size() == inputs.size(), "balance drouter: ", drouter.size(),
-                    " layers given, ", inputs.size(), " expected");
-    for (std::size_t l = 0; l < inputs.size(); ++l)
-      detail::require(!drouter[l].empty() && drouter[l].shape == inputs[l].router.shape,
-                      "balance drouter[", l, "]: shape ", drouter[l].shape, ", expected ",
-                      inputs[l].router.shape);
-    for (std::size_t l = 0; l < inputs.size(); ++l) {
-      const layer_report& lr = rep.layers[l];
-      const std::vector<double> dimp = importance_grad(lr);
-      const auto& in = inputs[l];
-      const auto& out = drouter[l];
-      const int heads = static_cast<int>(in.router.shape[1]);
-      host::detail::parallel_for(ex.threads, in.router.shape[0] * heads, [&](std::int64_t i) {
-        const index_t b = i / heads;
-        const int h = static_cast<int>(i % heads);
-        const F per_token = lr.tokens > 0 ? F(dimp[h] / lr.tokens) : F(0);
-        for (index_t t = 0; t < in.router.shape[2]; ++t)
-          out(b, h, t) = in.counted(b, t) != 0 ? per_token : F(0);
-      });
-    }
+    validation::check_drouter(inputs, drouter);
+    std::vector<std::vector<double>> token_grad(rep.layers.size());
+    for (std::size_t l = 0; l < rep.layers.size(); ++l)
+      token_grad[l] = formulas::token_grad(importance_grad(rep.layers[l]), rep.layers[l].tokens);
+    formulas::write_router_grad(ex, inputs, drouter, token_grad);
   }
   /// router_grad for any contiguous ranges of layer_input<F> and tensor_view<F, 3>.
   template <std::ranges::range Inputs, std::ranges::range Drouter>
