@@ -11,7 +11,8 @@
 #   configure  CMake for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a), Release, tests and benchmarks on;
 #              when that fails (e.g. no Boost.Test on the machine), the benchmarks alone, so the
 #              timing steps still run (the step is still reported as failed)
-#   build      only the targets needed: test_fused_gpu, test_blaslt_gpu, test_unfused_gpu (the
+#   build      only the targets needed: test_fused_gpu, test_blaslt_gpu, test_unfused_gpu,
+#              test_balance_nccl (the
 #              ones that exist) and gpu_attention, with -j$(nproc)
 #   gpu-tests  ctest -L gpu
 #   memcheck   compute-sanitizer --tool memcheck  test_fused_gpu --run_test=sanitizer_case
@@ -33,7 +34,7 @@
 #   --jobs N         parallel build jobs (default: nproc)
 #   --build-dir DIR  build directory (default build/device-check)
 #   --targets a,b    build targets (default: test_fused_gpu,test_blaslt_gpu,test_unfused_gpu,
-#                    gpu_attention; those that do not exist are left out)
+#                    test_balance_nccl,gpu_attention; those that do not exist are left out)
 #   --budget S       total seconds for all steps (default 470)
 #   --boost-archive F  Boost for the tests from an archive made by --stage-boost, unpacked under
 #                    /tmp (default: .devdeps/boost.tar.gz when it exists and BOOST_ROOT is unset)
@@ -54,7 +55,7 @@ only=""
 skip=""
 jobs=$(nproc 2>/dev/null || echo 2)
 build_dir="build/device-check"
-wanted_targets=(test_fused_gpu test_blaslt_gpu test_unfused_gpu gpu_attention)
+wanted_targets=(test_fused_gpu test_blaslt_gpu test_unfused_gpu test_balance_nccl gpu_attention)
 budget=470
 boost_archive=""
 stage_boost=""
