@@ -18,10 +18,16 @@
 // below 1 means other processes held the cores) and the same figures computed from CPU time,
 // which contention inflates much less. On an idle machine the two agree.
 //
-// Usage: host_attention [--quick] [--threads N] [--max-reps N]
+// PyTorch's CPU scaled_dot_product_attention (its flash-attention CPU kernel) is timed on the
+// vanilla configurations by bench/torch_cpu_reference.py, run as a child between sinkmoe's own
+// measurements, so the ratios come from one run on one machine; without torch the column says
+// why it is empty.
+//
+// Usage: host_attention [--quick] [--threads N] [--max-reps N] [--torch SCRIPT | --no-torch]
 //   --quick      T in {512, 2048} only and a smaller time budget per configuration
-//   --threads N  threads for sinkmoe, the naive version and the peak kernel (default 2)
+//   --threads N  threads for sinkmoe, the naive version, torch and the peak kernel (default 2)
 //   --max-reps N upper bound on timed repetitions per configuration (default 5)
+//   --torch S    the reference script (default: this source tree's bench/torch_cpu_reference.py)
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -60,7 +66,7 @@ constexpr int k_heads = 8;  // Hq = Hkv (no GQA)
 // ---------------------------------------------------------------------------------------------
 
 enum class policy_id { vanilla_causal, vanilla_none, sink_causal, gated_causal };
-enum class impl_id { sinkmoe, naive };
+enum class impl_id { sinkmoe, naive, torch };
 enum class dir_id { forward, backward };
 
 const char* policy_name(policy_id p) {
@@ -80,7 +86,11 @@ bool policy_causal(policy_id p) { return p != policy_id::vanilla_none; }
 bool policy_has_naive(policy_id p) {
   return p == policy_id::vanilla_causal || p == policy_id::vanilla_none;
 }
-const char* impl_name(impl_id i) { return i == impl_id::sinkmoe ? "sinkmoe" : "naive"; }
+/// PyTorch's CPU SDPA (bench/torch_cpu_reference.py) has no sinks or gates: vanilla only.
+bool policy_has_torch(policy_id p) { return policy_has_naive(p); }
+const char* impl_name(impl_id i) {
+  return i == impl_id::sinkmoe ? "sinkmoe" : (i == impl_id::naive ? "naive" : "torch");
+}
 const char* dir_name(dir_id d) { return d == dir_id::forward ? "forward" : "backward"; }
 
 std::optional<policy_id> parse_policy(const std::string& s) {
@@ -579,8 +589,10 @@ int child_check(char** argv) {
   return 0;
 }
 
-/// Runs this binary with `args` in a child process; returns its stdout (nullopt on failure).
-std::optional<std::string> run_child(const std::vector<std::string>& args) {
+/// Runs `program` (searched on PATH) with `args` in a child process; returns its stdout (nullopt
+/// on failure).
+std::optional<std::string> run_program(const std::string& program,
+                                       const std::vector<std::string>& args) {
   int fds[2];
   if (pipe(fds) != 0) return std::nullopt;
   std::fflush(stdout);
@@ -592,11 +604,13 @@ std::optional<std::string> run_child(const std::vector<std::string>& args) {
     close(fds[0]);
     close(fds[1]);
     std::vector<char*> argv;
-    static char self[] = "host_attention";
-    argv.push_back(self);
+    argv.push_back(const_cast<char*>(program.c_str()));
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
-    execv("/proc/self/exe", argv.data());
+    if (program == "/proc/self/exe")
+      execv(program.c_str(), argv.data());
+    else
+      execvp(program.c_str(), argv.data());
     _exit(127);
   }
   close(fds[1]);
@@ -609,6 +623,11 @@ std::optional<std::string> run_child(const std::vector<std::string>& args) {
   waitpid(pid, &status, 0);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return std::nullopt;
   return out;
+}
+
+/// Runs this binary with `args` in a child process; returns its stdout (nullopt on failure).
+std::optional<std::string> run_child(const std::vector<std::string>& args) {
+  return run_program("/proc/self/exe", args);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -673,6 +692,8 @@ struct options {
   bool quick = false;
   int threads = 2;
   int max_reps = 5;
+  /// bench/torch_cpu_reference.py (PyTorch's CPU SDPA, timed in the same run); "" to skip.
+  std::string torch_script = SINKMOE_BENCH_TORCH_SCRIPT;
 };
 
 /// Best of a few runs of the peak child (zeros if it failed).
@@ -701,6 +722,21 @@ int parent_main(const options& opt) {
   double check_err = -1;
   if (auto r = run_child({"--child", "check", threads_s})) check_err = std::atof(r->c_str());
 
+  // PyTorch's CPU SDPA, when python3 can import torch: timed per configuration in a child, between
+  // sinkmoe's own measurements.
+  std::string torch_status = "skipped: no --torch script";
+  bool use_torch = false;
+  if (!opt.torch_script.empty()) {
+    if (auto r = run_program("python3", {opt.torch_script, "probe"})) {
+      use_torch = true;
+      torch_status = r->substr(0, r->find('\n'));
+    } else {
+      torch_status = "skipped: python3 " + opt.torch_script +
+                     " probe failed (torch not installed? `pip install torch`)";
+    }
+  }
+  std::fprintf(stderr, "host_attention: PyTorch CPU SDPA reference: %s\n", torch_status.c_str());
+
   const std::vector<int> ds = {64, 128};
   const std::vector<int> ts =
       opt.quick ? std::vector<int>{512, 2048} : std::vector<int>{512, 2048, 8192};
@@ -716,8 +752,9 @@ int parent_main(const options& opt) {
     for (int t : ts) {
       for (dir_id dir : {dir_id::forward, dir_id::backward}) {
         for (policy_id pol : pols) {
-          for (impl_id impl : {impl_id::naive, impl_id::sinkmoe}) {
+          for (impl_id impl : {impl_id::naive, impl_id::sinkmoe, impl_id::torch}) {
             if (impl == impl_id::naive && !policy_has_naive(pol)) continue;
+            if (impl == impl_id::torch && (!use_torch || !policy_has_torch(pol))) continue;
             measurement m;
             m.impl = impl;
             m.dir = dir;
@@ -736,10 +773,16 @@ int parent_main(const options& opt) {
                          dir_name(dir), policy_name(pol), d, t);
             const int min_reps =
                 1;  // then more while under the budget (one run of T=8192 is seconds)
-            const auto r = run_child({"--child", "measure", impl_name(impl), dir_name(dir),
-                                      policy_name(pol), std::to_string(d), std::to_string(t),
-                                      threads_s, std::to_string(min_reps),
-                                      std::to_string(opt.max_reps), json_number(budget_s)});
+            const auto r =
+                impl == impl_id::torch
+                    ? run_program("python3", {opt.torch_script, "measure", dir_name(dir),
+                                              policy_causal(pol) ? "causal" : "none",
+                                              std::to_string(d), std::to_string(t), threads_s,
+                                              std::to_string(opt.max_reps), json_number(budget_s)})
+                    : run_child({"--child", "measure", impl_name(impl), dir_name(dir),
+                                 policy_name(pol), std::to_string(d), std::to_string(t), threads_s,
+                                 std::to_string(min_reps), std::to_string(opt.max_reps),
+                                 json_number(budget_s)});
             long hwm = 0, base = 0;
             double bytes = 0;
             if (r &&
@@ -878,8 +921,61 @@ int parent_main(const options& opt) {
               s->peak_rss_mib, naive_rss.c_str(), s->tensor_mib);
         }
 
+  // ---- Against PyTorch's CPU SDPA, and the sink and gate overheads ----
+  std::printf("\n## sinkmoe vs PyTorch CPU SDPA (%s), %d threads\n\n", torch_status.c_str(),
+              opt.threads);
+  std::printf(
+      "torch / sinkmoe: PyTorch's time over sinkmoe's (> 1: sinkmoe faster). sink, gated: "
+      "sinkmoe vanilla causal's time over the policy's (>= 0.9 is the target).\n\n");
+  std::printf(
+      "| dir | mask | D | T | sinkmoe ms | torch ms | torch / sinkmoe | sink | gated | %% peak "
+      "|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  double worst_torch = 1e9, worst_overhead = 1e9, worst_big_fraction = 1e9;
+  for (dir_id dir : {dir_id::forward, dir_id::backward})
+    for (policy_id pol : {policy_id::vanilla_causal, policy_id::vanilla_none})
+      for (int d : ds)
+        for (int t : ts) {
+          const measurement* s = find(impl_id::sinkmoe, dir, pol, d, t);
+          if (!s || !s->ok) continue;
+          const measurement* tr = find(impl_id::torch, dir, pol, d, t);
+          std::string torch_ms = "-", ratio = "-", sink = "-", gated = "-";
+          if (tr && tr->ok) {
+            torch_ms = json_number(tr->best_ms, 1);
+            ratio = json_number(tr->best_ms / s->best_ms, 2) + "x";
+            worst_torch = std::min(worst_torch, tr->best_ms / s->best_ms);
+          }
+          if (pol == policy_id::vanilla_causal) {
+            for (auto [other, text] : {std::pair{policy_id::sink_causal, &sink},
+                                       std::pair{policy_id::gated_causal, &gated}}) {
+              const measurement* o = find(impl_id::sinkmoe, dir, other, d, t);
+              if (o && o->ok) {
+                *text = json_number(s->best_ms / o->best_ms, 2) + "x";
+                worst_overhead = std::min(worst_overhead, s->best_ms / o->best_ms);
+              }
+            }
+          }
+          if (t >= 2048) worst_big_fraction = std::min(worst_big_fraction, s->gflops / peak.wall_n);
+          std::printf("| %s | %s | %d | %d | %.1f | %s | %s | %s | %s | %.0f%% |\n", dir_name(dir),
+                      policy_causal(pol) ? "causal" : "none", d, t, s->best_ms, torch_ms.c_str(),
+                      ratio.c_str(), sink.c_str(), gated.c_str(), 100.0 * s->gflops / peak.wall_n);
+        }
+
   // ---- Targets (reported, not asserted) ----
   std::printf("\nTargets (reported, not asserted):\n");
+  if (worst_torch < 1e9)
+    std::printf("- vanilla vs PyTorch CPU SDPA, every shape: worst %.2fx (target >= 1.0x): %s\n",
+                worst_torch, worst_torch >= 1.0 ? "met" : "NOT met");
+  else
+    std::printf("- vanilla vs PyTorch CPU SDPA: not measured (%s)\n", torch_status.c_str());
+  if (worst_overhead < 1e9)
+    std::printf("- sink and gated vs vanilla (causal): worst %.2fx (target >= 0.9x): %s\n",
+                worst_overhead, worst_overhead >= 0.9 ? "met" : "NOT met");
+  if (worst_big_fraction < 1e9)
+    std::printf(
+        "- vanilla fraction of the %s FMA peak at T >= 2048, forward and backward: worst %.0f%% "
+        "(target >= 60%%): %s\n",
+        k_peak_isa, 100 * worst_big_fraction, worst_big_fraction >= 0.6 ? "met" : "NOT met");
   for (policy_id pol : {policy_id::vanilla_causal, policy_id::vanilla_none})
     for (int d : ds) {
       const measurement* s = find(impl_id::sinkmoe, dir_id::forward, pol, d, 2048);
@@ -948,13 +1044,21 @@ int main(int argc, char** argv) {
       opt.threads = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--max-reps" && i + 1 < argc) {
       opt.max_reps = std::max(1, std::atoi(argv[++i]));
+    } else if (a == "--torch" && i + 1 < argc) {
+      opt.torch_script = argv[++i];
+    } else if (a == "--no-torch") {
+      opt.torch_script.clear();
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--quick] [--threads N] [--max-reps N]\n"
-                   "  --quick      T in {512, 2048} only, smaller time budget\n"
-                   "  --threads N  threads (default 2)\n"
-                   "  --max-reps N timed repetitions per configuration at most (default 5)\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--quick] [--threads N] [--max-reps N] [--torch SCRIPT | --no-torch]\n"
+          "  --quick      T in {512, 2048} only, smaller time budget\n"
+          "  --threads N  threads (default 2)\n"
+          "  --max-reps N timed repetitions per configuration at most (default 5)\n"
+          "  --torch S    PyTorch CPU SDPA reference script (default: bench/"
+          "torch_cpu_reference.py; skipped when python3 cannot import torch)\n"
+          "  --no-torch   no PyTorch reference\n",
+          argv[0]);
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
