@@ -214,7 +214,32 @@ BOOST_AUTO_TEST_CASE(failing_reducer_is_a_sinkmoe_error) {
       });
 }
 
-BOOST_AUTO_TEST_CASE(bad_layouts_and_options_raise_before_any_collective) {
+BOOST_AUTO_TEST_CASE(a_bad_layout_on_one_rank_raises_on_every_rank) {
+  // Heads out of range on rank 1 only: it fails its own checks, rank 0 none.
+  const auto errors = run_ranks(2, [](int r, thread_reducer red) {
+    bal::rank_layout a{.layers = 1, .heads = 2, .model_heads = 4, .first_head = r == 0 ? 0 : 3};
+    bal::distributed_cv2 d(dc::regulariser(0), a, red);
+  });
+  BOOST_TEST(errors[1].find("heads [3, 5) outside the model's 4 heads") != std::string::npos,
+             errors[1]);
+  BOOST_TEST(errors[0].find("1 of the 2 ranks reported an error in their rank_layout or options") !=
+                 std::string::npos,
+             errors[0]);
+  // A wrong rank count on rank 0 only (checked after the first collective).
+  const auto count = run_ranks(3, [](int r, thread_reducer red) {
+    bal::distributed_cv2 d(dc::regulariser(0), {.layers = 1, .heads = 2, .ranks = r == 0 ? 2 : 3},
+                           red);
+  });
+  BOOST_TEST(
+      count[0].find("rank_layout.ranks = 2, but the reducer spans 3 ranks") != std::string::npos,
+      count[0]);
+  for (int r : {1, 2})
+    BOOST_TEST(count[std::size_t(r)].find("1 of the 3 ranks reported an error in their "
+                                          "rank_layout.ranks") != std::string::npos,
+               count[std::size_t(r)]);
+}
+
+BOOST_AUTO_TEST_CASE(bad_layouts_and_options_raise_after_one_collective) {
   int calls = 0;
   const bal::callback_reducer counting{[&](std::span<double>) { ++calls; }};
   using D = bal::distributed_cv2<bal::callback_reducer>;
@@ -233,5 +258,5 @@ BOOST_AUTO_TEST_CASE(bad_layouts_and_options_raise_before_any_collective) {
   raises({.layers = 1, .heads = 2, .gradient_average = 0}, dc::regulariser(0),
          "rank_layout.gradient_average = 0");
   raises({.layers = 1, .heads = 2}, dc::regulariser(2), "importance_cv2.shared_heads = 2");
-  BOOST_TEST(calls == 0);
+  BOOST_TEST(calls == 5);  // each joined the first collective, so no other rank would wait
 }

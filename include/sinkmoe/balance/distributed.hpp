@@ -20,11 +20,12 @@
 // (torch.distributed, a custom transport), local_reducer for one process. The NCCL counterpart
 // for device_balancer is sinkmoe/cuda/balance/nccl.cuh.
 //
-// Errors never hang: the constructor checks with one small collective that every rank agrees on
-// the model's layers and heads, that the ranks tile the layer x head grid evenly (every head of
-// every layer held by the same number of ranks) and, when layout.ranks is set, the number of ranks;
-// a step reduces an error flag with the sums, so a rank whose inputs are wrong still takes part in
-// the collective and every rank throws sinkmoe::error after it.
+// Errors never hang: the constructor checks with two small collectives that every rank's own
+// layout and options are valid, that the ranks agree on the model's layers and heads, that they
+// tile the layer x head grid evenly (every head of every layer held by the same number of ranks)
+// and, when layout.ranks is set, the number of ranks; a step reduces an error flag with the sums.
+// A rank that finds an error still joins every collective, and every rank throws sinkmoe::error
+// after them.
 
 #include <algorithm>
 #include <cstddef>
@@ -83,12 +84,11 @@ struct rank_layout {
 template <sum_reducer Reducer>
 class distributed_cv2 {
  public:
-  /// Validates the options and the layout, then checks with the other ranks (one collective,
-  /// which every rank must call) that they describe one model. Throws sinkmoe::error on every
-  /// rank when they do not.
+  /// Validates the options and the layout and checks with the other ranks (two small
+  /// collectives, which every rank must call) that they describe one model. Throws
+  /// sinkmoe::error on every rank when any of that fails anywhere.
   distributed_cv2(importance_cv2 reg, rank_layout layout, Reducer reducer)
       : reg_(std::move(reg)), layout_(layout), reducer_(std::move(reducer)) {
-    check_layout_locally();
     agree_on_layout();
   }
 
@@ -147,11 +147,6 @@ class distributed_cv2 {
   [[nodiscard]] int ranks() const { return ranks_; }
 
  private:
-  // Layout check buffer: rank count, then per quantity q of {model layers, model heads}: sum q
-  // and sum q^2 (all ranks agree iff ranks * sum q^2 == (sum q)^2; exact in doubles for these
-  // small integers).
-  static constexpr std::size_t k_agreement_values = 5;
-
   void check_layout_locally() const {
     const rank_layout& a = layout_;
     detail::require(a.layers >= 1 && a.heads >= 1, "rank_layout: ", a.layers, " layers x ", a.heads,
@@ -165,8 +160,8 @@ class distributed_cv2 {
     detail::require(a.ranks >= 0, "rank_layout.ranks = ", a.ranks, ": must be >= 0 (0: unchecked)");
     detail::require(a.gradient_average >= 1, "rank_layout.gradient_average = ", a.gradient_average,
                     ": must be >= 1");
-    // Validates every option of the regulariser for the model's grid (evaluate's checks), so a
-    // bad option fails here, on every rank alike, and not after a collective.
+    // Every option of the regulariser for the model's grid (evaluate's checks), so that a bad
+    // option fails at construction and not in the first step.
     importance_sums empty;
     empty.layers = a.total_layers();
     empty.heads = a.total_heads();
@@ -183,34 +178,65 @@ class distributed_cv2 {
     }
   }
 
+  /// After a collective whose slot 0 summed one flag per failing rank: rethrows this rank's own
+  /// error, or throws on the others when any rank failed (so that every rank leaves together).
+  void throw_if_any_failed(double failed_ranks, const std::exception_ptr& mine,
+                           const char* what) const {
+    if (mine) std::rethrow_exception(mine);
+    detail::require(failed_ranks == 0.0, "balance: ", failed_ranks, " of the ", ranks_,
+                    " ranks reported an error in their ", what, " (see their messages)");
+  }
+
+  // Two collectives, which every rank joins whatever it found (so none is left waiting):
+  //  1. [failed | 1 | L | L^2 | H | H^2]: a rank whose own layout or options are invalid says so;
+  //     the rank count; the ranks agree on the model's L and H iff ranks * sum q^2 == (sum q)^2
+  //     (exact in doubles for these integers);
+  //  2. [failed | coverage of the L x H grid]: a rank whose rank_layout.ranks is not the count
+  //     says so; how many ranks hold each (layer, head), which must be the same everywhere.
   void agree_on_layout() {
     const rank_layout& a = layout_;
-    const double model_layers = a.total_layers(), model_heads = a.total_heads();
-    std::vector<double> agreement = {1.0, model_layers, model_layers * model_layers, model_heads,
-                                     model_heads * model_heads};
+    std::exception_ptr mine;
+    try {
+      check_layout_locally();
+    } catch (const std::exception&) {
+      mine = std::current_exception();
+    }
+    const double model_layers = mine ? 0.0 : a.total_layers();
+    const double model_heads = mine ? 0.0 : a.total_heads();
+    std::vector<double> agreement = {mine ? 1.0 : 0.0, 1.0,
+                                     model_layers,     model_layers * model_layers,
+                                     model_heads,      model_heads * model_heads};
     all_reduce(agreement);
-    const double ranks = agreement[0];
+    const double ranks = agreement[1];
     ranks_ = static_cast<int>(ranks);
+    throw_if_any_failed(agreement[0], mine, "rank_layout or options");
     const auto agreed = [&](double sum, double sum_sq) { return ranks * sum_sq == sum * sum; };
-    detail::require(agreed(agreement[1], agreement[2]) && agreed(agreement[3], agreement[4]),
+    detail::require(agreed(agreement[2], agreement[3]) && agreed(agreement[4], agreement[5]),
                     "rank_layout: the ", ranks_,
                     " ranks disagree on the model's layers or heads "
                     "(this rank: ",
                     a.total_layers(), " layers x ", a.total_heads(),
-                    " heads; mean over ranks: ", agreement[1] / ranks, " layers x ",
-                    agreement[3] / ranks, " heads)");
-    detail::require(a.ranks == 0 || a.ranks == ranks_, "rank_layout.ranks = ", a.ranks,
-                    ", but the reducer spans ", ranks_, " ranks");
-    // Coverage: how many ranks hold each (layer, head); the same, and positive, everywhere.
-    std::vector<double> coverage(std::size_t(a.total_layers()) * std::size_t(a.total_heads()), 0.0);
+                    " heads; mean over ranks: ", agreement[2] / ranks, " layers x ",
+                    agreement[4] / ranks, " heads)");
+
+    std::vector<double> coverage(1 + std::size_t(a.total_layers()) * std::size_t(a.total_heads()),
+                                 0.0);
+    try {
+      detail::require(a.ranks == 0 || a.ranks == ranks_, "rank_layout.ranks = ", a.ranks,
+                      ", but the reducer spans ", ranks_, " ranks");
+    } catch (const std::exception&) {
+      mine = std::current_exception();
+      coverage[0] = 1.0;
+    }
     for (int l = 0; l < a.layers; ++l)
       for (int h = 0; h < a.heads; ++h)
-        coverage[grid_index(a.first_layer + l, a.first_head + h)] = 1.0;
+        coverage[1 + grid_index(a.first_layer + l, a.first_head + h)] = 1.0;
     all_reduce(coverage);
-    const double replicas = coverage[0];
+    throw_if_any_failed(coverage[0], mine, "rank_layout.ranks");
+    const double replicas = coverage[1];
     for (int l = 0; l < a.total_layers(); ++l)
       for (int h = 0; h < a.total_heads(); ++h) {
-        const double held = coverage[grid_index(l, h)];
+        const double held = coverage[1 + grid_index(l, h)];
         detail::require(held == replicas && held >= 1.0, "rank_layout: layer ", l, " head ", h,
                         " is held by ", held, " ranks and layer 0 head 0 by ", replicas,
                         ": the ranks must tile every layer's heads, each tile the same number "
@@ -251,10 +277,7 @@ class distributed_cv2 {
       buffer[0] = 1.0;
     }
     all_reduce(buffer);
-    if (local_error) std::rethrow_exception(local_error);
-    detail::require(buffer[0] == 0.0, "balance: ", buffer[0], " of the ", ranks_,
-                    " ranks reported an error in their inputs (see their messages); no rank "
-                    "evaluated the loss");
+    throw_if_any_failed(buffer[0], local_error, "inputs");
     importance_sums sums;
     sums.layers = model_layers;
     sums.heads = model_heads;
