@@ -1,7 +1,8 @@
 // Tests of the tiny_lm demo trainer: the manual backward against finite differences (double),
 // the layers against naive versions, training (loss falls), bit-exact checkpoint resume,
 // refusal of bad checkpoints, balancing lowers the importance CV, bad input exits with code 2
-// and writes nothing. Training runs use one thread: ctest runs suites side by side.
+// and writes nothing. Training runs use one thread: ctest runs suites side by side. Data-parallel
+// training under mpiexec is tested by test_tiny_lm_mpi.cpp.
 #define BOOST_TEST_MODULE tiny_lm
 #include <sys/wait.h>
 
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "test_files.hpp"
 #include "tiny_lm/checkpoint.hpp"
 #include "tiny_lm/cli.hpp"
 #include "tiny_lm/crc32.hpp"
@@ -32,19 +34,9 @@ namespace {
 
 /// A fresh, empty scratch folder per test.
 fs::path scratch(const std::string& name) {
-  const fs::path dir =
-      fs::temp_directory_path() / ("tiny_lm_test_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
+  return tiny_lm::testing::scratch("tiny_lm_test", name);
 }
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream os;
-  os << in.rdbuf();
-  return os.str();
-}
+using tiny_lm::testing::slurp;
 
 void write(const fs::path& p, const std::string& bytes) {
   std::ofstream out(p, std::ios::binary);
@@ -463,23 +455,31 @@ BOOST_AUTO_TEST_CASE(bad_input_exits_with_2_and_writes_nothing) {
     std::string expect;  // in the one-line error
   };
   const bad_case cases[] = {
-      {"train --data '" + (dir / "missing.txt").string() + "'" + o, "--data"},
-      {"train --data '" + (dir / "empty.txt").string() + "'" + o, "empty"},
-      {"train --data '" + (dir / "short.txt").string() + "' --seq 64" + o,
-       "--seq 64 is above the data"},
-      {"train --data '" + (dir / "binary.txt").string() + "'" + o, "not UTF-8"},
-      {"train --heads 6 --width 64" + o, "--heads 6 does not divide --width 64"},
-      {"train --mechanism flash" + o, "--mechanism 'flash'"},
-      {"train --frobnicate 3" + o, "unknown flag --frobnicate"},
-      {"train --steps abc" + o, "--steps 'abc'"},
-      {"train --steps 0" + o, "--steps 0"},
-      {"train --lambda -1" + o, "--lambda -1"},
-      {"train --shared-heads 8" + o, "--shared-heads 8"},
-      {"train --device cuda" + o, "--device cuda: the GPU backend"},
-      {"compare --mechanism sink" + o, "--mechanism is not a flag of compare"},
-      {"compare --lambda 0" + o, "--lambda 0"},
-      {"frobnicate" + o, "unknown mode"},
-      {"report '" + (dir / "nowhere").string() + "'", "not a directory"},
+    {"train --data '" + (dir / "missing.txt").string() + "'" + o, "--data"},
+    {"train --data '" + (dir / "empty.txt").string() + "'" + o, "empty"},
+    {"train --data '" + (dir / "short.txt").string() + "' --seq 64" + o,
+     "--seq 64 is above the data"},
+    {"train --data '" + (dir / "binary.txt").string() + "'" + o, "not UTF-8"},
+    {"train --heads 6 --width 64" + o, "--heads 6 does not divide --width 64"},
+    {"train --mechanism flash" + o, "--mechanism 'flash'"},
+    {"train --frobnicate 3" + o, "unknown flag --frobnicate"},
+    {"train --steps abc" + o, "--steps 'abc'"},
+    {"train --steps 0" + o, "--steps 0"},
+    {"train --lambda -1" + o, "--lambda -1"},
+    {"train --shared-heads 8" + o, "--shared-heads 8"},
+    {"train --device cuda" + o, "--device cuda: the GPU backend"},
+    {"compare --mechanism sink" + o, "--mechanism is not a flag of compare"},
+    {"compare --lambda 0" + o, "--lambda 0"},
+    {"compare --data-parallel" + o, "--data-parallel is not a flag of compare"},
+#if TINY_LM_HAS_MPI
+    // One rank (MPI singleton init, no mpiexec): input errors still print one line.
+    {"train --data-parallel --steps 0" + o, "--steps 0"},
+    {"train --data-parallel --heads 6 --width 64" + o, "--heads 6 does not divide --width 64"},
+#else
+    {"train --data-parallel" + o, "this tiny_lm was built without MPI"},
+#endif
+    {"frobnicate" + o, "unknown mode"},
+    {"report '" + (dir / "nowhere").string() + "'", "not a directory"},
   };
   for (const bad_case& c : cases) {
     BOOST_TEST_CONTEXT("tiny_lm " << c.args) {

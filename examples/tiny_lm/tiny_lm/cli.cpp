@@ -21,6 +21,7 @@
 #include "tiny_lm/attention_backend.hpp"
 #include "tiny_lm/checkpoint.hpp"
 #include "tiny_lm/config.hpp"
+#include "tiny_lm/data_parallel.hpp"
 #include "tiny_lm/report.hpp"
 #include "tiny_lm/trainer.hpp"
 
@@ -95,6 +96,13 @@ Outputs and execution:
   --device D           cpu (default) | cuda. The GPU path (sinkmoe's fused CUDA kernels for the
                        attention, cuBLASLt for the linear layers) is NOT available yet: --device
                        cuda is an error, there is no silent fallback to the CPU.
+  --data-parallel      train only, under MPI: mpirun -np N tiny_lm train --data-parallel [flags].
+                       Every rank draws the same batch and trains on its slice of the rows (the
+                       first --batch % N ranks get one more; each needs at least one); losses and
+                       gradients are summed over the ranks, head balancing uses the importance of
+                       the whole batch: the same run as one process. Rank 0 prints and writes.
+                       Default threads per rank: cores / ranks on the node. Needs a tiny_lm built
+                       with MPI.
 
 What a run writes (DIR):
   checkpoint.bin       parameters, AdamW state, step, RNG state, config (versioned, CRC-32,
@@ -132,18 +140,31 @@ struct flag_spec {
   bool train, compare, report;
 };
 constexpr flag_spec k_flags[] = {
-    {"--mechanism", true, true, false, false}, {"--layers", true, true, true, false},
-    {"--heads", true, true, true, false},      {"--width", true, true, true, false},
-    {"--seq", true, true, true, false},        {"--window", true, true, true, false},
-    {"--untied", false, true, true, false},    {"--no-token-shift", false, true, true, false},
-    {"--steps", true, true, true, false},      {"--batch", true, true, true, false},
-    {"--lr", true, true, true, false},         {"--warmup", true, true, true, false},
-    {"--lambda", true, true, true, false},     {"--shared-heads", true, true, true, false},
-    {"--seed", true, true, true, false},       {"--data", true, true, true, false},
-    {"--val-seqs", true, true, true, true},    {"--out", true, true, true, true},
-    {"--log-every", true, true, true, false},  {"--checkpoint-every", true, true, true, false},
-    {"--resume", true, true, false, false},    {"--stop-after", true, true, false, false},
-    {"--threads", true, true, true, true},     {"--device", true, true, true, true},
+    {"--mechanism", true, true, false, false},
+    {"--layers", true, true, true, false},
+    {"--heads", true, true, true, false},
+    {"--width", true, true, true, false},
+    {"--seq", true, true, true, false},
+    {"--window", true, true, true, false},
+    {"--untied", false, true, true, false},
+    {"--no-token-shift", false, true, true, false},
+    {"--steps", true, true, true, false},
+    {"--batch", true, true, true, false},
+    {"--lr", true, true, true, false},
+    {"--warmup", true, true, true, false},
+    {"--lambda", true, true, true, false},
+    {"--shared-heads", true, true, true, false},
+    {"--seed", true, true, true, false},
+    {"--data", true, true, true, false},
+    {"--val-seqs", true, true, true, true},
+    {"--out", true, true, true, true},
+    {"--log-every", true, true, true, false},
+    {"--checkpoint-every", true, true, true, false},
+    {"--resume", true, true, false, false},
+    {"--stop-after", true, true, false, false},
+    {"--threads", true, true, true, true},
+    {"--device", true, true, true, true},
+    {"--data-parallel", false, true, false, false},
 };
 
 /// Flags that set config fields (their config key is the name without "--").
@@ -293,18 +314,21 @@ bool use_color() {
          !(term && std::strcmp(term, "dumb") == 0);
 }
 
-/// --threads left out: all cores, unless OMP_NUM_THREADS decides or the machine is already busy.
-int auto_threads() {
+/// --threads left out: all cores (shared by the `local_ranks` data-parallel ranks of this node),
+/// unless OMP_NUM_THREADS decides or the machine is already busy.
+int auto_threads(int local_ranks = 1, bool print = true) {
   if (std::getenv("OMP_NUM_THREADS") != nullptr) return 0;
   const unsigned cores = std::thread::hardware_concurrency();
   double load = 0;
   if (cores > 1 && ::getloadavg(&load, 1) == 1 && load >= double(cores) - 0.5) {
-    std::printf(
-        "note: the machine is busy (load average %.1f on %u cores): running on 1 thread "
-        "(--threads N overrides)\n",
-        load, cores);
+    if (print)
+      std::printf(
+          "note: the machine is busy (load average %.1f on %u cores): running on 1 thread "
+          "(--threads N overrides)\n",
+          load, cores);
     return 1;
   }
+  if (local_ranks > 1) return std::max(1, int(cores) / local_ranks);
   return 0;
 }
 
@@ -328,8 +352,9 @@ run_options options_from_args(const parsed_args& a, const char* default_out) {
 
 /// Resolves the automatic thread count once all input has been checked (the note it may print
 /// must not precede a usage error).
-void resolve_threads(const parsed_args& a, run_options& o) {
-  if (!a.has("--threads")) o.threads = auto_threads();
+void resolve_threads(const parsed_args& a, run_options& o, const data_parallel* dp = nullptr) {
+  if (!a.has("--threads"))
+    o.threads = dp ? auto_threads(dp->local_ranks(), dp->rank() == 0) : auto_threads();
 }
 
 int val_sequences(const parsed_args& a) {
@@ -346,45 +371,81 @@ void check_out_dir(const std::string& dir) {
 
 // ---- Modes ----
 
-int run_train(const parsed_args& a) {
-  if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional[0] + "'");
-  train_config cfg = config_from_args(a);
+int run_train(const parsed_args& a, data_parallel* dp) {
+  train_config cfg;
   checkpoint_data ck;
-  run_options opts = options_from_args(a, "tiny_lm_run");
-  if (a.has("--resume")) {
-    const std::string path = a.values.at("--resume");
-    ck = load_checkpoint(path, "--resume");
-    // Flags left out come from the checkpoint; flags given must agree with it.
-    const auto given = config_fields(cfg), saved = config_fields(ck.config);
-    for (const std::string& flag : k_config_flags) {
-      if (!a.has(flag)) continue;
-      const std::string key = flag.substr(2);
-      if (given.at(key) != saved.at(key))
-        throw usage_error(
-            flag +
-            (a.values.at(flag) == "1" && (flag == "--untied" || flag == "--no-token-shift")
-                 ? std::string("")
-                 : " " + a.values.at(flag)) +
-            " does not match the checkpoint " + path + " (" + key + " = " + saved.at(key) +
-            "); leave the flag out to resume as saved");
+  run_options opts;
+  dataset data;
+  // Data parallel: every rank checks its input, then they agree (one collective) to go on.
+  on_every_rank(dp, [&] {
+    if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional[0] + "'");
+    cfg = config_from_args(a);
+    opts = options_from_args(a, "tiny_lm_run");
+    if (a.has("--resume")) {
+      const std::string path = a.values.at("--resume");
+      ck = load_checkpoint(path, "--resume");
+      // Flags left out come from the checkpoint; flags given must agree with it.
+      const auto given = config_fields(cfg), saved = config_fields(ck.config);
+      for (const std::string& flag : k_config_flags) {
+        if (!a.has(flag)) continue;
+        const std::string key = flag.substr(2);
+        if (given.at(key) != saved.at(key))
+          throw usage_error(
+              flag +
+              (a.values.at(flag) == "1" && (flag == "--untied" || flag == "--no-token-shift")
+                   ? std::string("")
+                   : " " + a.values.at(flag)) +
+              " does not match the checkpoint " + path + " (" + key + " = " + saved.at(key) +
+              "); leave the flag out to resume as saved");
+      }
+      cfg = ck.config;
+      if (!a.has("--out")) opts.out_dir = fs::path(path).parent_path().string();
+      if (opts.out_dir.empty()) opts.out_dir = ".";
+      if (ck.step >= cfg.steps)
+        throw usage_error("--resume " + path + ": the run is already complete (step " +
+                          std::to_string(ck.step) + " of " + std::to_string(cfg.steps) + ")");
+      opts.resume = &ck;
     }
-    cfg = ck.config;
-    if (!a.has("--out")) opts.out_dir = fs::path(path).parent_path().string();
-    if (opts.out_dir.empty()) opts.out_dir = ".";
-    if (ck.step >= cfg.steps)
-      throw usage_error("--resume " + path + ": the run is already complete (step " +
-                        std::to_string(ck.step) + " of " + std::to_string(cfg.steps) + ")");
-    opts.resume = &ck;
+    if (opts.stop_after > cfg.steps)
+      throw usage_error("--stop-after " + std::to_string(opts.stop_after) + ": above --steps " +
+                        std::to_string(cfg.steps));
+    check_out_dir(opts.out_dir);
+    data = load_dataset(cfg, val_sequences(a));
+    require_device(opts.device);
+  });
+  if (dp) {
+    opts.parallel = dp;
+    opts.print = dp->rank() == 0;
+    // mpirun gives the ranks a pseudo-terminal whatever its own output is: plain log lines.
+    opts.color = false;
+    opts.plain_log = true;
   }
-  if (opts.stop_after > cfg.steps)
-    throw usage_error("--stop-after " + std::to_string(opts.stop_after) + ": above --steps " +
-                      std::to_string(cfg.steps));
-  check_out_dir(opts.out_dir);
-  const dataset data = load_dataset(cfg, val_sequences(a));
-  require_device(opts.device);
-  resolve_threads(a, opts);
+  resolve_threads(a, opts, dp);
   train(cfg, data, opts);
   return k_exit_ok;
+}
+
+int run_train(const parsed_args& a) {
+  if (!a.has("--data-parallel")) return run_train(a, nullptr);
+  const std::unique_ptr<data_parallel> dp = open_data_parallel();  // usage error without MPI
+  try {
+    return run_train(a, dp.get());
+  } catch (const rank_exit&) {
+    throw;  // another rank printed why; every rank ends alike
+  } catch (const usage_error&) {
+    throw;  // met by every rank alike (input checks end in a collective), printed by one
+  } catch (const collective_failure&) {
+    throw;
+  } catch (const std::exception& e) {
+    if (dp->ranks() == 1) throw;
+    // A failure of this rank alone (an I/O error on rank 0, say): the others may be waiting
+    // for it in a collective, so end the whole job.
+    std::fprintf(stderr, "tiny_lm: error on rank %d of %d: %s (ending all ranks)\n", dp->rank(),
+                 dp->ranks(), e.what());
+    std::fflush(stderr);
+    dp->abort(k_exit_failure);
+  }
+  return k_exit_failure;  // not reached: abort() does not return
 }
 
 constexpr mechanism k_compare_mechanisms[] = {mechanism::vanilla, mechanism::sink,
@@ -560,6 +621,8 @@ int cli_main(int argc, const char* const* argv) {
     if (mode == "train") return run_train(args);
     if (mode == "compare") return run_compare(args);
     return run_report(args);
+  } catch (const rank_exit& e) {
+    return e.code;  // data parallel: another rank printed the reason
   } catch (const usage_error& e) {
     std::fprintf(stderr, "tiny_lm: %s\n", e.what());
     return k_exit_usage;

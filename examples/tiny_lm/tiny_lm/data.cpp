@@ -22,6 +22,18 @@ void sample_batch::resize(int b, int s) {
   answer.assign(n, 0);
 }
 
+void sample_batch::copy_rows(int begin, int end, sample_batch& out) const {
+  if (begin < 0 || end > batch || begin >= end)
+    throw std::logic_error("tiny_lm: rows [" + std::to_string(begin) + ", " + std::to_string(end) +
+                           ") of a batch of " + std::to_string(batch));
+  out.resize(end - begin, seq);
+  const auto from = static_cast<std::ptrdiff_t>(begin) * seq;
+  const auto to = static_cast<std::ptrdiff_t>(end) * seq;
+  std::copy(input.begin() + from, input.begin() + to, out.input.begin());
+  std::copy(target.begin() + from, target.begin() + to, out.target.begin());
+  std::copy(answer.begin() + from, answer.begin() + to, out.answer.begin());
+}
+
 namespace {
 
 // ---- The stochastic grammar (number agreement across an optional relative clause) ----

@@ -37,6 +37,8 @@ struct sample_batch {
   std::vector<std::uint8_t> target;  ///< the seq data bytes (next token at each position)
   std::vector<std::uint8_t> answer;  ///< 1 where the target is a recall answer (built-in corpus)
   void resize(int b, int s);
+  /// Rows [begin, end) of this batch into `out` (a data-parallel rank's slice).
+  void copy_rows(int begin, int end, sample_batch& out) const;
 };
 
 /// Fills `length` bytes of generated text (whole clauses, the last one cut) and marks the

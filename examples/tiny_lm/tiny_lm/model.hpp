@@ -24,7 +24,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <sinkmoe/args.hpp>
+#include <sinkmoe/balance/balance.hpp>
 #include <sinkmoe/core/numeric.hpp>
 #include <span>
 #include <stdexcept>
@@ -33,7 +35,6 @@
 #include <vector>
 
 #include "tiny_lm/attention_backend.hpp"
-#include <sinkmoe/balance/balance.hpp>
 #include "tiny_lm/config.hpp"
 #include "tiny_lm/data.hpp"
 #include "tiny_lm/ops.hpp"
@@ -143,14 +144,17 @@ class transformer {
   void zero_grad() { std::fill(grads.begin(), grads.end(), T(0)); }
 
   /// Forward over a batch: keeps every activation for backward and, when `with_gradient`,
-  /// writes dL/dlogits of the mean cross-entropy. Returns the cross-entropy totals.
+  /// writes dL/dlogits of the mean cross-entropy over `loss_tokens` tokens (0: this batch's; a
+  /// data-parallel rank passes the global batch's, so that its share of the gradient is already
+  /// weighted as a fraction of the global mean). Returns the cross-entropy totals.
   ops::ce_totals forward(const sample_batch& batch, bool with_gradient,
-                         step_timers* timers = nullptr) {
+                         step_timers* timers = nullptr, std::int64_t loss_tokens = 0) {
     if (batch.seq != cfg_.seq)
       throw std::logic_error("tiny_lm: batch sequence length differs from the model's");
     resize(batch.batch);
     const int B = batch_, S = cfg_.seq, N = B * S, W = cfg_.width, V = cfg_.vocab;
     const int R = cfg_.proj_width(), F = cfg_.mlp_width();
+    const double mean_over = loss_tokens > 0 ? double(loss_tokens) : double(N);
     tokens_ = batch.input;
     ops::embed_forward(threads_, B, S, W, batch.input.data(), p(tok_emb_),
                        shift_emb_ != k_none ? p(shift_emb_) : nullptr, p(pos_emb_),
@@ -188,7 +192,7 @@ class transformer {
     }
     return ops::cross_entropy(threads_, N, V, logits_.data(), batch.target.data(),
                               batch.answer.data(), with_gradient ? dlogits_.data() : nullptr,
-                              T(1.0 / N), row_loss_, row_correct_);
+                              T(1.0 / mean_over), row_loss_, row_correct_);
   }
 
   /// Per layer: router values [B, H, T] and counted tokens [B, T] of the last forward.
@@ -395,29 +399,68 @@ struct step_result {
   [[nodiscard]] double total_loss() const { return ce_loss() + balance.loss; }
 };
 
+/// The balancing loss as a training step calls it: importance_cv2 over this process's batch
+/// (local), or, in a data-parallel run, sinkmoe::balance::distributed_cv2 over the global batch
+/// of every rank (tiny_lm/data_parallel.hpp). Type-erased, so that the training loop is one code
+/// path and does not depend on MPI.
+template <class F>
+struct step_balancer {
+  using inputs_t = std::span<const sinkmoe::balance::layer_input<F>>;
+  using drouter_t = std::span<const sinkmoe::tensor_view<F, 3>>;
+  double lambda = 0;  ///< 0: forward only (metrics), no dL/dG into the backward
+  /// The loss and metrics of the step's batch.
+  std::function<sinkmoe::balance::report(const sinkmoe::exec::host&, inputs_t)> forward;
+  /// forward, and dL/dG of this process's router values into drouter.
+  std::function<sinkmoe::balance::report(const sinkmoe::exec::host&, inputs_t, drouter_t)>
+      forward_backward;
+
+  /// importance_cv2 on this process's batch alone.
+  static step_balancer local(const sinkmoe::balance::importance_cv2& reg) {
+    step_balancer b;
+    b.lambda = reg.lambda;
+    b.forward = [reg](const sinkmoe::exec::host& ex, inputs_t in) {
+      return reg.forward<F>(ex, in);
+    };
+    b.forward_backward = [reg](const sinkmoe::exec::host& ex, inputs_t in, drouter_t dr) {
+      return reg.forward_backward<F>(ex, in, dr);
+    };
+    return b;
+  }
+};
+
 /// Forward, balance, backward: grads = d(mean CE + balance loss)/d params. With lambda = 0 the
 /// balance report is still computed (for the metrics) but no dL/dG enters the backward.
+/// `loss_tokens`: the tokens the cross-entropy is averaged over (0: this batch's; see forward).
+template <class T>
+step_result compute_gradients(transformer<T>& model, const sample_batch& batch,
+                              const step_balancer<typename transformer<T>::accum>& balancer,
+                              step_timers* timers = nullptr, std::int64_t loss_tokens = 0) {
+  using accum = typename transformer<T>::accum;
+  const sinkmoe::exec::host& exec = model.exec();
+  model.zero_grad();
+  step_result r;
+  r.ce = model.forward(batch, true, timers, loss_tokens);
+  const auto t0 = steady::now();
+  const std::vector<sinkmoe::balance::layer_input<accum>> inputs = model.balance_inputs();
+  const bool balanced = balancer.lambda > 0;
+  if (balanced) {
+    const std::vector<sinkmoe::tensor_view<accum, 3>> drouter = model.drouter_views();
+    r.balance = balancer.forward_backward(exec, std::span(inputs), std::span(drouter));
+  } else {
+    r.balance = balancer.forward(exec, std::span(inputs));
+  }
+  if (timers) timers->balance += seconds_since(t0);
+  model.backward(balanced, timers);
+  return r;
+}
+
+/// compute_gradients with importance_cv2 on this batch alone.
 template <class T>
 step_result compute_gradients(transformer<T>& model, const sample_batch& batch,
                               const sinkmoe::balance::importance_cv2& reg,
                               step_timers* timers = nullptr) {
   using accum = typename transformer<T>::accum;
-  const sinkmoe::exec::host& exec = model.exec();
-  model.zero_grad();
-  step_result r;
-  r.ce = model.forward(batch, true, timers);
-  const auto t0 = steady::now();
-  const auto inputs = model.balance_inputs();
-  const bool balanced = reg.lambda > 0;
-  if (balanced) {
-    const auto drouter = model.drouter_views();
-    r.balance = reg.forward_backward<accum>(exec, std::span(inputs), std::span(drouter));
-  } else {
-    r.balance = reg.forward<accum>(exec, std::span(inputs));
-  }
-  if (timers) timers->balance += seconds_since(t0);
-  model.backward(balanced, timers);
-  return r;
+  return compute_gradients(model, batch, step_balancer<accum>::local(reg), timers);
 }
 
 }  // namespace tiny_lm

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "tiny_lm/crc32.hpp"
+#include "tiny_lm/data_parallel.hpp"
 #include "tiny_lm/optim.hpp"
 
 namespace tiny_lm {
@@ -82,6 +84,26 @@ speed_summary parse_metrics(const std::string& text) {
     if (key == "steps") s.steps = static_cast<long long>(value);
   }
   return s;
+}
+
+/// Data parallel: sums the ranks' parameter gradients and cross-entropy totals in place, so that
+/// every rank holds those of the global batch. Each rank's gradient is already its share of the
+/// gradient of the global mean loss (compute_gradients with the global token count, balancing
+/// through distributed_cv2 with gradient_average = 1), so the sum is the 1-rank gradient.
+void sum_over_ranks(data_parallel& dp, std::vector<float>& grads, ops::ce_totals& ce) {
+  dp.all_reduce_sum(std::span<float>(grads));
+  double totals[5] = {ce.loss_sum, double(ce.rows), double(ce.correct), double(ce.answers),
+                      double(ce.answers_correct)};
+  dp.all_reduce_sum(std::span<double>(totals));
+  ce.loss_sum = totals[0];
+  ce.rows = static_cast<std::int64_t>(totals[1]);
+  ce.correct = static_cast<std::int64_t>(totals[2]);
+  ce.answers = static_cast<std::int64_t>(totals[3]);
+  ce.answers_correct = static_cast<std::int64_t>(totals[4]);
+}
+
+std::uint32_t params_crc(const std::vector<float>& params) {
+  return crc32(params.data(), params.size() * sizeof(float));
 }
 
 }  // namespace
@@ -169,56 +191,95 @@ std::vector<stored_tensor> tensor_table(const transformer<float>& model) {
 }
 
 train_result train(const train_config& cfg, const dataset& data, const run_options& opts) {
-  validate_config(cfg);
+  data_parallel* const dp = opts.parallel;
+  const bool writer = dp == nullptr || dp->rank() == 0;  // data parallel: rank 0 alone writes
+  const bool print = opts.print && writer;
   // ---- Checks and state, before anything is written ----
+  // Data parallel: checks that may fail on some ranks only end in one collective, so that every
+  // rank stops (on_every_rank); checks of agreed values fail on every rank alike.
+  on_every_rank(dp, [&] { validate_config(cfg); });
+  if (dp && cfg.batch < dp->ranks())
+    fail_on_every_rank(dp, true,
+                       "--batch " + std::to_string(cfg.batch) + ": data parallel over " +
+                           std::to_string(dp->ranks()) +
+                           " ranks needs at least one sequence per rank (--batch >= " +
+                           std::to_string(dp->ranks()) + ")");
   transformer<float> model(cfg.model, opts.device, opts.threads);
   adamw_state<float> adam;
   adam.reset(model.parameter_count());
   rng data_rng(cfg.seed, "data");
   int start = 0;
-  if (opts.resume) {
-    const checkpoint_data& ck = *opts.resume;
-    const auto want = config_fields(cfg), have = config_fields(ck.config);
-    for (const auto& [key, value] : want)
-      if (have.at(key) != value)
-        throw usage_error("--resume: the checkpoint was written with " + key + " = " +
-                          have.at(key) + ", this run has " + key + " = " + value);
-    if (!cfg.data_path.empty() && (ck.data_size != data.size() || ck.data_crc != data.crc()))
-      throw usage_error("--data " + cfg.data_path +
-                        ": the file differs from the one the checkpoint was trained on (size or "
-                        "CRC-32 changed)");
-    if (ck.tensors != tensor_table(model))
-      throw usage_error("--resume: the checkpoint's parameter tensors do not match this model");
-    if (opts.stop_after > 0 && opts.stop_after <= ck.step)
-      throw usage_error("--stop-after " + std::to_string(opts.stop_after) +
-                        ": the checkpoint is already at step " + std::to_string(ck.step));
-    model.params = ck.params;
-    adam.m = ck.adam_m;
-    adam.v = ck.adam_v;
-    adam.step = ck.step;
-    data_rng.set_state(ck.data_rng);
-    start = static_cast<int>(ck.step);
-  } else {
-    model.init(cfg.seed);
-  }
+  on_every_rank(dp, [&] {
+    if (opts.resume) {
+      const checkpoint_data& ck = *opts.resume;
+      const auto want = config_fields(cfg), have = config_fields(ck.config);
+      for (const auto& [key, value] : want)
+        if (have.at(key) != value)
+          throw usage_error("--resume: the checkpoint was written with " + key + " = " +
+                            have.at(key) + ", this run has " + key + " = " + value);
+      if (!cfg.data_path.empty() && (ck.data_size != data.size() || ck.data_crc != data.crc()))
+        throw usage_error("--data " + cfg.data_path +
+                          ": the file differs from the one the checkpoint was trained on (size or "
+                          "CRC-32 changed)");
+      if (ck.tensors != tensor_table(model))
+        throw usage_error("--resume: the checkpoint's parameter tensors do not match this model");
+      if (opts.stop_after > 0 && opts.stop_after <= ck.step)
+        throw usage_error("--stop-after " + std::to_string(opts.stop_after) +
+                          ": the checkpoint is already at step " + std::to_string(ck.step));
+      model.params = ck.params;
+      adam.m = ck.adam_m;
+      adam.v = ck.adam_v;
+      adam.step = ck.step;
+      data_rng.set_state(ck.data_rng);
+      start = static_cast<int>(ck.step);
+    } else {
+      model.init(cfg.seed);
+    }
+  });
   const auto reg = regulariser(cfg);
   const std::string label = opts.label.empty() ? default_label(cfg) : opts.label;
   const int end = opts.stop_after > 0 ? std::min(opts.stop_after, cfg.steps) : cfg.steps;
   const int log_every = opts.log_every > 0 ? opts.log_every : std::max(1, cfg.steps / 10);
+  if (dp) {
+    // Everything that fixes the numbers or the sequence of collectives must agree.
+    const std::string run = config_to_text(cfg) + "data=" + std::to_string(data.size()) + "/" +
+                            std::to_string(data.crc()) + "/" + data.describe() +
+                            "\nsteps=" + std::to_string(start) + ".." + std::to_string(end) +
+                            "\nlog_every=" + std::to_string(log_every) + "\n";
+    if (!dp->same_on_all_ranks(crc32(run.data(), run.size())))
+      fail_on_every_rank(dp, true,
+                         "--data-parallel: the ranks were started with different settings (flags, "
+                         "data or checkpoint); start every rank with the same command");
+    if (!dp->same_on_all_ranks(params_crc(model.params)))
+      fail_on_every_rank(dp, true,
+                         "--data-parallel: the ranks start from different parameters (a different "
+                         "--resume checkpoint?)");
+  }
+  // The balancing loss: of this process's batch, or of the global batch over the ranks.
+  const step_balancer<float> balancer =
+      dp ? dp->balancer(reg, cfg.model.layers, cfg.model.heads) : step_balancer<float>::local(reg);
+  const row_range rows =
+      dp ? batch_slice(cfg.batch, dp->rank(), dp->ranks()) : row_range{0, cfg.batch};
+  const std::int64_t batch_tokens = std::int64_t(cfg.batch) * cfg.model.seq;
 
   // ---- Outputs ----
   const fs::path dir(opts.out_dir);
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw std::runtime_error("cannot create " + dir.string() + ": " + ec.message());
-  write_file_atomic((dir / "config.txt").string(), config_to_text(cfg));
   const std::string log_path = (dir / "log.csv").string();
   const std::string imp_path = (dir / "importance.csv").string();
-  keep_rows_through(log_path, k_log_header, start);
-  keep_rows_through(imp_path, k_importance_header, start);
-  std::ofstream log_csv(log_path, std::ios::app), imp_csv(imp_path, std::ios::app);
+  std::ofstream log_csv, imp_csv;
+  if (writer) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) throw std::runtime_error("cannot create " + dir.string() + ": " + ec.message());
+    write_file_atomic((dir / "config.txt").string(), config_to_text(cfg));
+    keep_rows_through(log_path, k_log_header, start);
+    keep_rows_through(imp_path, k_importance_header, start);
+    log_csv.open(log_path, std::ios::app);
+    imp_csv.open(imp_path, std::ios::app);
+  }
 
   const auto save = [&](int step) {
+    if (!writer) return;
     checkpoint_data ck;
     ck.config = cfg;
     ck.step = step;
@@ -232,50 +293,68 @@ train_result train(const train_config& cfg, const dataset& data, const run_optio
     save_checkpoint((dir / "checkpoint.bin").string(), ck);
   };
 
-  progress_bar own_bar(opts.print && opts.progress == nullptr && ::isatty(STDOUT_FILENO));
+  progress_bar own_bar(print && opts.progress == nullptr && !opts.plain_log &&
+                       ::isatty(STDOUT_FILENO));
   progress_bar& bar = opts.progress ? *opts.progress : own_bar;
   if (!opts.progress) bar.start(end - start, "steps");
   const auto say = [&](const std::string& line) {
-    if (opts.print) bar.print_line(line);
+    if (print) bar.print_line(line);
   };
-  if (opts.print && !opts.progress)
+  if (print && !opts.progress)
     say("tiny_lm train: " + label + "; " + describe_shape(cfg) + "; " +
         std::to_string(model.parameter_count()) + " parameters; data: " + data.describe() +
+        (dp ? "; data parallel over " + std::to_string(dp->ranks()) +
+                  (dp->ranks() == 1 ? " rank (" : " ranks (") +
+                  std::to_string(cfg.batch / dp->ranks()) +
+                  (cfg.batch % dp->ranks() ? "-" + std::to_string(cfg.batch / dp->ranks() + 1)
+                                           : std::string()) +
+                  " sequences each)"
+            : "") +
         (start > 0 ? "; resuming at step " + std::to_string(start) : ""));
 
   // ---- The loop ----
   train_result result;
   result.start_step = start;
   step_timers timers;
-  sample_batch batch;
+  sample_batch batch, slice;
   long long tokens = 0;
   for (int step = start; step < end; ++step) {
     const auto t0 = steady::now();
-    data.sample_train(data_rng, cfg.batch, batch);
-    const step_result sr = compute_gradients(model, batch, reg, &timers);
+    data.sample_train(data_rng, cfg.batch, batch);  // the global batch, on every rank
+    if (dp) batch.copy_rows(rows.begin, rows.end, slice);
+    step_result sr = compute_gradients(model, dp ? slice : batch, balancer, &timers, batch_tokens);
+    if (dp) sum_over_ranks(*dp, model.grads, sr.ce);
     const double grad_norm = clip_gradients(model.grads, cfg.clip);
     const double lr = learning_rate(cfg, step);
     adamw_update(model.params, model.grads, adam, model.tensors(), lr, cfg, opts.threads);
     timers.total += seconds_since(t0);
-    tokens += static_cast<long long>(cfg.batch) * cfg.model.seq;
+    tokens += batch_tokens;
     const int done = step + 1;
     result.train_loss.push_back(sr.ce_loss());
     result.train_cv.push_back(sr.balance.mean_cv);
-    for (std::size_t l = 0; l < sr.balance.layers.size(); ++l)
+    for (std::size_t l = 0; writer && l < sr.balance.layers.size(); ++l)
       for (std::size_t h = 0; h < sr.balance.layers[l].importance.size(); ++h) {
         char row[96];
         std::snprintf(row, sizeof row, "%d,%zu,%zu,%.6f\n", done, l, h,
                       sr.balance.layers[l].importance[h]);
         imp_csv << row;
       }
-    if (!std::isfinite(sr.total_loss()))
-      throw std::runtime_error("training diverged at step " + std::to_string(done) +
-                               " (loss is not finite); try a lower --lr");
+    if (!std::isfinite(sr.total_loss()))  // the global loss: every rank stops here
+      fail_on_every_rank(dp, false,
+                         "training diverged at step " + std::to_string(done) +
+                             " (loss is not finite); try a lower --lr");
 
     bar.update(
         opts.progress_offset + (done - start),
         label + " | loss " + fixed(sr.total_loss(), 3) + " | CV " + fixed(sr.balance.mean_cv, 3));
     if (done % log_every == 0 || done == end) {
+      // Data parallel: the ranks must hold identical parameters (same reduced gradient, same
+      // AdamW step); a cheap check of that, every log step.
+      if (dp && !dp->same_on_all_ranks(params_crc(model.params)))
+        fail_on_every_rank(dp, false,
+                           "data parallel: the ranks' parameters differ after step " +
+                               std::to_string(done) + " (they must stay identical)");
+      // Every rank evaluates the same model on the same sequences (same numbers, no messages).
       const eval_result ev = evaluate(model, data, cfg.batch, opts.eval_sequences, reg);
       const double tps = timers.total > 0 ? double(tokens) / timers.total : 0;
       char row[512];
@@ -284,9 +363,11 @@ train_result train(const train_config& cfg, const dataset& data, const run_optio
                     sr.total_loss(), sr.ce_loss(), sr.balance.loss, grad_norm, sr.balance.mean_cv,
                     ev.loss, ev.accuracy, ev.recall_accuracy, ev.balance.mean_cv,
                     mean_effective_heads(ev.balance), tps);
-      log_csv << row;
-      log_csv.flush();
-      imp_csv.flush();
+      if (writer) {
+        log_csv << row;
+        log_csv.flush();
+        imp_csv.flush();
+      }
       std::ostringstream line;
       line << "[" << label << "] step " << done << "/" << cfg.steps << "  loss "
            << fixed(sr.total_loss(), 3) << " (bal " << fixed(sr.balance.loss, 4) << ")  val "
@@ -304,8 +385,10 @@ train_result train(const train_config& cfg, const dataset& data, const run_optio
     }
     if (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0 && done < end) save(done);
   }
-  imp_csv.flush();
-  log_csv.flush();
+  if (writer) {
+    imp_csv.flush();
+    log_csv.flush();
+  }
   if (!opts.progress) bar.finish();
 
   result.steps_done = end;
@@ -333,12 +416,13 @@ train_result train(const train_config& cfg, const dataset& data, const run_optio
 
   // ---- Final evaluation and reports ----
   result.summary.val = evaluate(model, data, cfg.batch, 0, reg);
+  if (!writer) return result;
   write_file_atomic((dir / "metrics.txt").string(), metrics_text(speed));
   write_file_atomic((dir / "summary.md").string(), run_markdown(result.summary));
   write_file_atomic((dir / "heatmap.svg").string(),
                     heatmap_svg({{label, result.summary.val.balance}}, 1,
                                 "tiny_lm head importance: " + label, describe_shape(cfg)));
-  if (opts.print && !opts.progress) {
+  if (print && !opts.progress) {
     const eval_result& v = result.summary.val;
     std::ostringstream os;
     os << "\nFinal validation (" << v.tokens << " tokens): loss " << fixed(v.loss, 4)

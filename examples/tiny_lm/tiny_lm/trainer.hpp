@@ -16,6 +16,8 @@
 
 namespace tiny_lm {
 
+class data_parallel;  // tiny_lm/data_parallel.hpp
+
 /// Where outputs go and how much is printed (nothing here changes the numbers of a run).
 struct run_options {
   std::string out_dir;                      ///< run directory (created after all checks pass)
@@ -28,9 +30,14 @@ struct run_options {
   device_kind device = device_kind::cpu;
   bool print = true;                 ///< log lines and the final summary on stdout
   bool color = false;                ///< ANSI colours in the terminal heatmap
+  bool plain_log = false;            ///< log lines without a progress bar, even on a terminal
   progress_bar* progress = nullptr;  ///< shared bar (compare); null: train makes its own
   std::int64_t progress_offset = 0;  ///< steps done before this run on the shared bar
   std::string label;                 ///< e.g. "sink, lambda = 0"
+  /// Data parallel (--data-parallel): this rank trains on its slice of every step's batch and
+  /// the ranks combine loss and gradients (data_parallel.hpp); the numbers are those of the
+  /// 1-rank run. Only rank 0 prints and writes files. null: one process.
+  data_parallel* parallel = nullptr;
 };
 
 /// What a train() call leaves behind for its caller.
