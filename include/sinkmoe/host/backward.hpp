@@ -105,7 +105,7 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
 
     // ---- 2. Key tiles outer, query tiles inner ----
     std::vector<F> dq_acc(static_cast<std::size_t>((tq + BQ - 1) / BQ * BQ) * dp, F(0));
-    std::vector<F> buffer(static_cast<std::size_t>(5 * BK * dp + 2 * BQ * dp + 4 * BQ * BK));
+    std::vector<F> buffer(static_cast<std::size_t>(5 * BK * dp + 2 * BQ * dp + 3 * BQ * BK));
     F* k_tile = buffer.data();      // [BK][dp]
     F* kt_tile = k_tile + BK * dp;  // [dp][BK]
     F* vt_tile = kt_tile + dp * BK;
@@ -116,7 +116,6 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
     F* s_tile = do_tile + BQ * dp;  // [BQ][BK] raw dots, then dS
     F* p_tile = s_tile + BQ * BK;
     F* dp_tile = p_tile + BQ * BK;
-    F* transposed = dp_tile + BQ * BK;  // [BK][BQ]
     const F q_factor = Score::is_linear ? F(score.scale()) : F(1);
 
     for (int k0 = 0; k0 < tk; k0 += BK) {
@@ -148,29 +147,44 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
             continue;
           }
           const int t = q0 + i;
-          for (int j = 0; j < BK; ++j) {
-            const bool live = j < cols && (kind == tile_kind::full || mask.visible(t, k0 + j));
-            const F logit = Score::is_linear ? s_row[j] : score.transform(s_row[j]);
-            p_row[j] = live ? logit - lse[t] : math::neg_inf<F>();
+          const F row_lse = lse[t], rt = row_term[t];
+          // Full tiles (most of them) in a branch-free loop the compiler vectorises; the mask is
+          // asked only on partial ones.
+          if (kind == tile_kind::full && cols == BK) {
+            SINKMOE_OMP_SIMD()
+            for (int j = 0; j < BK; ++j)
+              p_row[j] = (Score::is_linear ? s_row[j] : score.transform(s_row[j])) - row_lse;
+          } else {
+            for (int j = 0; j < BK; ++j) {
+              const bool live = j < cols && (kind == tile_kind::full || mask.visible(t, k0 + j));
+              const F logit = Score::is_linear ? s_row[j] : score.transform(s_row[j]);
+              p_row[j] = live ? logit - row_lse : math::neg_inf<F>();
+            }
           }
           detail::exp_row(p_row, F(0), BK, p_row);
           // dS = P (dP - D); the vanilla sink adds -gbar P[t,0] on key 0 (docs/method.md section
-          // 5). A soft-cap then multiplies by ds/d(dot); a linear score's scale is folded
-          // elsewhere.
+          // 5), after the loop so that it stays branch-free. A soft-cap then multiplies by
+          // ds/d(dot); a linear score's scale is folded elsewhere.
           const F* dp_row = dp_tile + i * BK;
+          const F raw_dot0 = s_row[0];
+          SINKMOE_OMP_SIMD()
           for (int j = 0; j < BK; ++j) {
-            F ds = p_row[j] * (dp_row[j] - row_term[t]);
-            if constexpr (Sink::first_key_is_sink)
-              if (k0 == 0 && j == 0 && p_row[0] != F(0)) ds -= key0_term[t];
+            F ds = p_row[j] * (dp_row[j] - rt);
             if constexpr (!Score::is_linear) ds *= score.derivative(s_row[j]);
             s_row[j] = ds;
           }
+          if constexpr (Sink::first_key_is_sink) {
+            if (k0 == 0 && p_row[0] != F(0)) {
+              F ds = p_row[0] * (dp_row[0] - rt);
+              ds -= key0_term[t];
+              if constexpr (!Score::is_linear) ds *= score.derivative(raw_dot0);
+              s_row[0] = ds;
+            }
+          }
         }
         // dV += P^T dO, dK += dS^T Q (Q carries the scale), dQ += dS K.
-        detail::tile_transpose<BQ, BK>(p_tile, transposed);
-        detail::tile_matmul_acc<BK, BQ>(transposed, do_tile, dp, dp, dv_acc);
-        detail::tile_transpose<BQ, BK>(s_tile, transposed);
-        detail::tile_matmul_acc<BK, BQ>(transposed, q_tile, dp, dp, dk_acc);
+        detail::tile_matmul_at_acc<BK, BQ>(p_tile, do_tile, dp, dp, dv_acc);
+        detail::tile_matmul_at_acc<BK, BQ>(s_tile, q_tile, dp, dp, dk_acc);
         // dq_acc is padded to whole query tiles; rows past the end get zeros from dS.
         detail::tile_matmul_acc<BQ, BK>(s_tile, k_tile, dp, dp,
                                         dq_acc.data() + static_cast<std::size_t>(q0) * dp);

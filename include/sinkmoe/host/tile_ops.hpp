@@ -36,10 +36,11 @@ inline void store_vec(float* p, V v) {
 inline v8f load8(const float* p) { return load_vec<v8f>(p); }
 inline void store8(float* p, v8f v) { store_vec(p, v); }
 
-/// C[R][16] (= or +=) A[R][k] (row stride lda) * B[k][16] (row stride ldb): 2R accumulators.
+/// C[R][16] (= or +=) A[R][k] * B[k][16] (row stride ldb): 2R accumulators. A's element (r, kk)
+/// is a[r * a_row + kk * a_col]: (lda, 1) for A stored by rows, (1, lda) for A stored transposed.
 template <int R, bool Accumulate>
-inline void gemm_micro_f32(const float* a, int lda, const float* b, int ldb, int k, float* c,
-                           int ldc) {
+inline void gemm_micro_f32(const float* a, int a_row, int a_col, const float* b, int ldb, int k,
+                           float* c, int ldc) {
   v8f c0[R], c1[R];
   for (int r = 0; r < R; ++r) {
     if constexpr (Accumulate) {
@@ -56,7 +57,7 @@ inline void gemm_micro_f32(const float* a, int lda, const float* b, int ldb, int
     // kernel becomes load-bound.
     asm("" : "+x"(b0), "+x"(b1));
     for (int r = 0; r < R; ++r) {
-      const float as = a[r * lda + kk];
+      const float as = a[r * a_row + kk * a_col];
       const v8f av = {as, as, as, as, as, as, as, as};
       c0[r] += av * b0;
       c1[r] += av * b1;
@@ -82,8 +83,8 @@ inline void store16(float* p, v16f v) { store_vec(p, v); }
 
 /// C[R][16 * Vectors] (= or +=) A[R][k] * B[k][16 * Vectors]: R * Vectors zmm accumulators.
 template <int R, int Vectors, bool Accumulate>
-inline void gemm_micro_f32_512(const float* a, int lda, const float* b, int ldb, int k, float* c,
-                               int ldc) {
+inline void gemm_micro_f32_512(const float* a, int a_row, int a_col, const float* b, int ldb,
+                               int k, float* c, int ldc) {
   v16f acc[R][Vectors];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < Vectors; ++v)
@@ -95,7 +96,7 @@ inline void gemm_micro_f32_512(const float* a, int lda, const float* b, int ldb,
       asm("" : "+v"(bv[v]));  // keep B in registers (see gemm_micro_f32)
     }
     for (int r = 0; r < R; ++r) {
-      const v16f av = v16f{} + a[r * lda + kk];
+      const v16f av = v16f{} + a[r * a_row + kk * a_col];
       for (int v = 0; v < Vectors; ++v) acc[r][v] += av * bv[v];
     }
   }
@@ -106,45 +107,48 @@ inline void gemm_micro_f32_512(const float* a, int lda, const float* b, int ldb,
 #define SINKMOE_HOST_AVX512 0
 #endif
 
-/// C[M][n] (= or +=) A[M][k] * B[k][n], n a multiple of 16: 8 x 32 blocks (and an 8 x 16 tail)
-/// on AVX-512, else 4 x 16 blocks.
+/// C[M][n] (= or +=) A[M][k] * B[k][n], n a multiple of 16, A's element (i, kk) at
+/// a[i * a_row + kk * a_col]: 8 x 32 blocks (and an 8 x 16 tail) on AVX-512, else 4 x 16 blocks.
 template <int M, bool Accumulate>
-inline void gemm_f32(const float* a, int lda, const float* b, int ldb, int k, float* c, int ldc,
-                     int n) {
+inline void gemm_f32(const float* a, int a_row, int a_col, const float* b, int ldb, int k,
+                     float* c, int ldc, int n) {
   static_assert(M % k_row_block == 0);
 #if SINKMOE_HOST_AVX512
   if constexpr (M % 8 == 0) {
     int j0 = 0;
     for (; j0 + 32 <= n; j0 += 32)
       for (int i0 = 0; i0 < M; i0 += 8)
-        gemm_micro_f32_512<8, 2, Accumulate>(a + i0 * lda, lda, b + j0, ldb, k, c + i0 * ldc + j0,
-                                             ldc);
+        gemm_micro_f32_512<8, 2, Accumulate>(a + i0 * a_row, a_row, a_col, b + j0, ldb, k,
+                                             c + i0 * ldc + j0, ldc);
     for (; j0 < n; j0 += 16)
       for (int i0 = 0; i0 < M; i0 += 8)
-        gemm_micro_f32_512<8, 1, Accumulate>(a + i0 * lda, lda, b + j0, ldb, k, c + i0 * ldc + j0,
-                                             ldc);
+        gemm_micro_f32_512<8, 1, Accumulate>(a + i0 * a_row, a_row, a_col, b + j0, ldb, k,
+                                             c + i0 * ldc + j0, ldc);
     return;
   }
 #endif
   for (int j0 = 0; j0 < n; j0 += k_col_block)
     for (int i0 = 0; i0 < M; i0 += k_row_block)
-      gemm_micro_f32<k_row_block, Accumulate>(a + i0 * lda, lda, b + j0, ldb, k, c + i0 * ldc + j0,
-                                              ldc);
+      gemm_micro_f32<k_row_block, Accumulate>(a + i0 * a_row, a_row, a_col, b + j0, ldb, k,
+                                              c + i0 * ldc + j0, ldc);
 }
 #else
 #define SINKMOE_HOST_VECTOR_EXT 0
 #define SINKMOE_HOST_AVX512 0
 #endif
 
-/// C[M][n] (= or +=) A[M][k] * B[k][n] (row strides lda, ldb, ldc; n a multiple of the column
-/// block), in k_row_block x k_col_block register blocks. Float on an AVX target takes the
-/// hand-vectorised path; everything else (double, other targets) these generic loops.
+/// C[M][n] (= or +=) A[M][k] * B[k][n] (A's element (i, kk) at a[i * a_row + kk * a_col]; row
+/// strides ldb, ldc; n a multiple of the column block), in k_row_block x k_col_block register
+/// blocks. Float on an AVX target takes the hand-vectorised path; everything else (double, other
+/// targets) these generic loops. Every C element sums its k products in ascending kk order, on
+/// every path and for either layout of A.
 template <int M, bool Accumulate, class F>
-inline void gemm_tile(const F* a, int lda, const F* b, int ldb, int k, F* c, int ldc, int n) {
+inline void gemm_tile(const F* a, int a_row, int a_col, const F* b, int ldb, int k, F* c, int ldc,
+                      int n) {
   static_assert(M % k_row_block == 0);
 #if SINKMOE_HOST_VECTOR_EXT
   if constexpr (std::is_same_v<F, float>) {
-    gemm_f32<M, Accumulate>(a, lda, b, ldb, k, c, ldc, n);
+    gemm_f32<M, Accumulate>(a, a_row, a_col, b, ldb, k, c, ldc, n);
     return;
   }
 #endif
@@ -157,7 +161,7 @@ inline void gemm_tile(const F* a, int lda, const F* b, int ldb, int k, F* c, int
       for (int kk = 0; kk < k; ++kk) {
         const F* b_row = b + kk * ldb + j0;
         for (int r = 0; r < k_row_block; ++r) {
-          const F a_value = a[(i0 + r) * lda + kk];
+          const F a_value = a[(i0 + r) * a_row + kk * a_col];
           SINKMOE_OMP_SIMD()
           for (int j = 0; j < k_col_block; ++j) acc[r][j] += a_value * b_row[j];
         }
@@ -175,21 +179,21 @@ inline void gemm_tile(const F* a, int lda, const F* b, int ldb, int k, F* c, int
 template <int M, int N, class F>
 [[gnu::noinline]] void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c) {
   static_assert(N % k_col_block == 0);
-  gemm_tile<M, false>(a, ld, bt, N, depth, c, N, N);
+  gemm_tile<M, false>(a, ld, 1, bt, N, depth, c, N, N);
 }
 
 /// C[M][ld] += A[M][N] * B[N][ld] over the first `width` (a multiple of the column block)
 /// columns of B and C.
 template <int M, int N, class F>
 [[gnu::noinline]] void tile_matmul_acc(const F* a, const F* b, int ld, int width, F* c) {
-  gemm_tile<M, true>(a, N, b, ld, N, c, ld, width);
+  gemm_tile<M, true>(a, N, 1, b, ld, N, c, ld, width);
 }
 
-/// Out[N][M] = In[M][N].
+/// C[M][ld] += At^T * B[N][ld] for At stored [N][M] (so no transpose is written), over the first
+/// `width` columns: the backward's dV += P^T dO and dK += dS^T Q.
 template <int M, int N, class F>
-inline void tile_transpose(const F* in, F* out) {
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) out[j * M + i] = in[i * N + j];
+[[gnu::noinline]] void tile_matmul_at_acc(const F* at, const F* b, int ld, int width, F* c) {
+  gemm_tile<M, true>(at, 1, M, b, ld, N, c, ld, width);
 }
 
 /// exp for float that the compiler vectorises: Cephes' polynomial after reduction by ln 2,
