@@ -196,31 +196,9 @@ template <int M, int N, class F>
   gemm_tile<M, true>(at, 1, M, b, ld, N, c, ld, width);
 }
 
-/// exp for float that the compiler vectorises: Cephes' polynomial after reduction by ln 2,
-/// about 1 ulp; returns exactly 0 below -87 (so -inf and masked logits give 0, never NaN).
-inline float exp_vectorizable(float x) {
-  const float clamped = math::min(math::max(x, -87.0f), 88.0f);
-  // Round to nearest by the 1.5 * 2^23 trick: vectorises without -fno-trapping-math, which
-  // floorf needs (otherwise GCC emits a libm call per element).
-  constexpr float round_magic = 12582912.0f;
-  const float n = (clamped * 1.44269504088896341f + round_magic) - round_magic;
-  float r = clamped - n * 0.693359375f;
-  r -= n * -2.12194440e-4f;
-  const float r2 = r * r;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
-  const float scale = std::bit_cast<float>((static_cast<std::int32_t>(n) + 127) << 23);
-  // A select between constants, then a multiply: GCC does not if-convert a select whose arm
-  // holds a floating-point operation under its default -ftrapping-math, which would leave the
-  // whole loop scalar.
-  const float keep = x < -87.0f ? 0.0f : 1.0f;
-  return p * scale * keep;
-}
+/// exp for float that the compiler vectorises (math::exp_poly: Cephes' polynomial, about 1 ulp,
+/// exactly 0 below -87).
+inline float exp_vectorizable(float x) { return math::exp_poly(x); }
 
 #if SINKMOE_HOST_VECTOR_EXT
 /// exp_vectorizable on every lane of a V (8 or 16 floats) with lanes of I, written lane-parallel
