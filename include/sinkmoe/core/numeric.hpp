@@ -92,26 +92,36 @@ SINKMOE_HD inline F logaddexp(F a, F b) {
   return hi + log1p(exp(lo - hi));
 }
 
-/// exp(x) for float as straight-line arithmetic the compiler inlines and vectorises: Cephes'
-/// polynomial after reduction by ln 2, about 1 ulp; exactly 0 below -87 (so -inf gives 0, never
-/// NaN), clamped at 88. The host's hot loops use it (host/tile_ops.hpp vectorises the same
-/// formula by hand); a libm expf there is a call per element.
-inline float exp_poly(float x) {  // host code (sigmoid calls it only there)
-  const float clamped = min(max(x, -87.0f), 88.0f);
+/// exp_poly's core for a float or a float vector V (GCC vector extension): n = round(x / ln 2)
+/// and the polynomial p ~ exp(x - n ln 2) of an already clamped x, so that exp(x) = p 2^n. One
+/// copy of the coefficients for the scalar and the vector forms (host/tile_ops.hpp), which
+/// therefore agree bit for bit.
+template <class V>
+inline V exp_poly_core(V clamped, V& n) {
   // Round to nearest by the 1.5 * 2^23 trick: vectorises without -fno-trapping-math, which
   // floorf needs (otherwise GCC emits a libm call per element).
-  constexpr float round_magic = 12582912.0f;
-  const float n = (clamped * 1.44269504088896341f + round_magic) - round_magic;
-  float r = clamped - n * 0.693359375f;
+  const V round_magic = V{} + 12582912.0f;
+  n = (clamped * 1.44269504088896341f + round_magic) - round_magic;
+  V r = clamped - n * 0.693359375f;
   r -= n * -2.12194440e-4f;
-  const float r2 = r * r;
-  float p = 1.9875691500e-4f;
+  const V r2 = r * r;
+  V p = V{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
+  return p * r2 + r + 1.0f;
+}
+
+/// exp(x) for float as straight-line arithmetic the compiler inlines and vectorises: Cephes'
+/// polynomial after reduction by ln 2, about 1 ulp; exactly 0 below -87 (so -inf gives 0, never
+/// NaN), clamped at 88. The host's hot loops use it (host/tile_ops.hpp runs the same core on
+/// vectors); a libm expf there is a call per element.
+inline float exp_poly(float x) {  // host code (sigmoid calls it only there)
+  const float clamped = min(max(x, -87.0f), 88.0f);
+  float n;
+  const float p = exp_poly_core(clamped, n);
   const float scale = __builtin_bit_cast(float, (static_cast<int>(n) + 127) << 23);
   // A select between constants, then a multiply: GCC does not if-convert a select whose arm
   // holds a floating-point operation under its default -ftrapping-math, which would leave the
