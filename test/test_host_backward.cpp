@@ -660,6 +660,38 @@ BOOST_AUTO_TEST_CASE(float_backward_is_deterministic) {
   }
 }
 
+// With fewer (sequence, head) pairs than threads the backward splits its work across key tiles
+// and then query tiles (seven tile products instead of five); it must still give the one-task-
+// per-head schedule's bits (1 thread), for every mask kind, vanilla's key-0 term and GQA.
+BOOST_AUTO_TEST_CASE(split_schedule_is_bitwise_the_per_head_schedule) {
+  const ck::combo combos[] = {
+      {sink_kind::none, gate_kind::none, mask_kind::causal, route_kind::sink_mass},
+      {sink_kind::learned, gate_kind::elementwise, mask_kind::sliding_window, route_kind::product},
+      {sink_kind::none, gate_kind::headwise, mask_kind::streaming, route_kind::product},
+      {sink_kind::fixed, gate_kind::none, mask_kind::none, route_kind::sink_mass},
+  };
+  std::mt19937_64 rng(2302);
+  for (const ck::combo& cb : combos) {
+    const ref::config c = ck::make_config(cb, {1, 200, 200, 2, 1, 64, 70, 2}, 1.5);
+    const ref::inputs in = ck::make_inputs(c, rng);
+    const ref::cotangents ct = ck::make_cotangents(c, rng);
+    BOOST_TEST_CONTEXT(ck::describe(c)) {
+      const auto base = st::run_library<float>(c, in, ct, {.threads = 1});
+      for (int threads : {3, 8}) {  // 2 (sequence, head) pairs: both take the split schedule
+        const auto split = st::run_library<float>(c, in, ct, {.threads = threads});
+        BOOST_TEST_CONTEXT("threads " << threads) {
+          ck::check_bitwise("out", split.out, base.out);
+          ck::check_bitwise("dq", split.dq, base.dq);
+          ck::check_bitwise("dk", split.dk, base.dk);
+          ck::check_bitwise("dv", split.dv, base.dv);
+          ck::check_bitwise("dsinks", split.dsinks, base.dsinks);
+          ck::check_bitwise("dgate", split.dgate, base.dgate);
+        }
+      }
+    }
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------

@@ -653,6 +653,61 @@ BOOST_AUTO_TEST_CASE(thread_count_does_not_change_results) {
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
+BOOST_AUTO_TEST_SUITE(workspace)
+
+namespace hd = sinkmoe::host::detail;
+
+// Scratch frames nest, hand out 64-byte aligned disjoint blocks, give them back at scope exit,
+// and the outermost frame grows the thread's block to the largest demand, so that the same
+// allocations in the next frame come from the block (same addresses, nothing allocated).
+BOOST_AUTO_TEST_CASE(frames_nest_reuse_and_grow) {
+  sinkmoe::host::release_workspace();
+  std::vector<void*> previous;
+  for (int round = 0; round < 3; ++round) {  // 0: overflow blocks; then the grown block
+    hd::scratch_frame outer;
+    float* a = outer.take<float>(1000);
+    double* b = outer.take<double>(3);
+    std::vector<void*> seen{a, b};
+    {
+      hd::scratch_frame inner;
+      seen.push_back(inner.take<float>(5000));
+    }
+    {
+      hd::scratch_frame inner;  // the inner frame's space is free again: same address
+      seen.push_back(inner.take<float>(5000));
+    }
+    for (void* p : seen) BOOST_TEST(reinterpret_cast<std::uintptr_t>(p) % 64 == 0u);
+    if (round >= 1) {  // one block: disjoint, in order; the inner frames' space reused
+      BOOST_TEST(static_cast<void*>(b) >= static_cast<void*>(a + 1000));
+      BOOST_TEST(seen[2] >= static_cast<void*>(b + 3));
+      BOOST_TEST(seen[2] == seen[3]);
+    }
+    if (round == 2) BOOST_TEST(seen == previous);  // the grown block, the same places each time
+    previous = seen;
+  }
+  BOOST_TEST(sinkmoe::host::workspace_bytes() >= (1000 + 5000) * sizeof(float));
+}
+
+// A forward call leaves its scratch cached, release_workspace frees it, and the next call
+// (which allocates again) gives bitwise the same results.
+BOOST_AUTO_TEST_CASE(release_frees_the_cache_and_results_do_not_change) {
+  std::mt19937_64 rng(1401);
+  const ref::config c = ck::make_config(
+      {sink_kind::learned, gate_kind::none, mask_kind::causal, route_kind::sink_mass},
+      {2, 150, 150, 4, 2, 64}, 0.0);
+  const ref::inputs in = ck::make_inputs(c, rng);
+  const auto before = st::run_library<float>(c, in, {}, {.backward = false, .threads = 2});
+  BOOST_TEST(sinkmoe::host::workspace_bytes() > 0u);
+  BOOST_TEST(sinkmoe::host::release_workspace() > 0u);
+  BOOST_TEST(sinkmoe::host::workspace_bytes() == 0u);
+  const auto after = st::run_library<float>(c, in, {}, {.backward = false, .threads = 2});
+  ck::check_bitwise("out", after.out, before.out);
+  ck::check_bitwise("lse", after.lse, before.lse);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
 // The comparisons used above can fail: a 1e-9 relative error in one output entry, or a float
 // result twice as wrong as the naive one, is caught.
 BOOST_AUTO_TEST_CASE(comparisons_detect_small_errors) {

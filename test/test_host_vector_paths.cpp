@@ -6,6 +6,7 @@
 // get (SINKMOE_NATIVE). Skipped on a CPU without the instructions.
 #define BOOST_TEST_MODULE host_vector_paths
 #include <boost/test/unit_test.hpp>
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -138,6 +139,58 @@ BOOST_AUTO_TEST_CASE(vector_exp_matches_std_exp, *utf::precondition(cpu_has_avx2
     worst_rel = std::max(worst_rel, std::abs(out[i] - want) / want);
   }
   BOOST_TEST(worst_rel < 4e-7, "worst relative error " << worst_rel);
+}
+
+// The transposed load (16 x 16 or 8 x 8 register blocks where whole, elements at the edges)
+// against the definition, for shapes on and off the block grid.
+BOOST_AUTO_TEST_CASE(transpose_matches_definition, *utf::precondition(cpu_has_avx2())) {
+  using sinkmoe::host::detail::transpose_scaled;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  for (int rows : {1, 8, 15, 16, 17, 40, 64})
+    for (int cols : {1, 7, 16, 24, 33, 64, 80}) {
+      const int ld_src = cols + 3, ld_dst = rows + 5;
+      std::vector<float> src(std::size_t(rows) * ld_src), dst(std::size_t(cols) * ld_dst, -7.0f);
+      for (float& x : src) x = dist(rng);
+      transpose_scaled(src.data(), ld_src, rows, cols, 0.5f, dst.data(), ld_dst);
+      int wrong = 0, touched = 0;
+      for (int c = 0; c < cols; ++c)
+        for (int r = 0; r < ld_dst; ++r) {
+          const float got = dst[std::size_t(c) * ld_dst + r];
+          if (r < rows)
+            wrong += got != src[std::size_t(r) * ld_src + c] * 0.5f;
+          else
+            touched += got != -7.0f;  // past the rows: left alone
+        }
+      BOOST_TEST(wrong == 0, rows << " x " << cols << ": " << wrong << " wrong");
+      BOOST_TEST(touched == 0, rows << " x " << cols << ": wrote past the rows");
+    }
+}
+
+// Row reductions: max is exact; the sum follows the 16-lane tree (element j into lane j mod 16,
+// then lanes j and j + 8, j + 4, j + 2, j + 1), so every path gives the same bits.
+BOOST_AUTO_TEST_CASE(row_reductions_follow_the_lane_tree, *utf::precondition(cpu_has_avx2())) {
+  using namespace sinkmoe::host::detail;
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> dist(-30.0f, 3.0f);
+  for (int n : {16, 48, 64, 128}) {
+    std::vector<float> x(n), p(n);
+    for (float& v : x) v = dist(rng);
+    x[n / 2] = -std::numeric_limits<float>::infinity();
+    float want_max = -std::numeric_limits<float>::infinity();
+    for (float v : x) want_max = std::max(want_max, v);
+    BOOST_TEST(row_max(x.data(), n) == want_max);
+    const float shift = 1.25f;
+    const float sum = exp_row_sum(x.data(), shift, n, p.data());
+    float lanes[16] = {};
+    for (int j = 0; j < n; ++j) {
+      BOOST_TEST(p[j] == sinkmoe::math::exp_poly(x[j] - shift));
+      lanes[j % 16] += p[j];
+    }
+    for (int width = 8; width >= 1; width /= 2)
+      for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+    BOOST_TEST(sum == lanes[0], "n = " << n);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(vanilla_causal_tile_boundaries, *utf::precondition(cpu_has_avx2())) {

@@ -2,6 +2,11 @@
 // CPU forward: flash-style tiled online softmax (docs/method.md sections 1-2). Never materialises
 // Tq x Tk: each task owns one (sequence, query head, query tile) and streams the key tiles the
 // mask policy does not classify as empty. The sink is added once, after the last key tile.
+//
+// Scores are computed transposed, S^T = K Q^T ([keys][queries]), so that the online softmax's
+// per-query state (running max and sum, rescale factors) lies along the vector lanes: the row
+// statistics are lane-wise maxima and sums over keys, with no horizontal reduction, and P V
+// reads P^T with the transposed-A tile product.
 
 #include <algorithm>
 #include <cstdint>
@@ -10,6 +15,7 @@
 #include <sinkmoe/exec.hpp>
 #include <sinkmoe/host/parallel.hpp>
 #include <sinkmoe/host/tile_ops.hpp>
+#include <sinkmoe/host/workspace.hpp>
 #include <sinkmoe/policy/mask.hpp>
 #include <sinkmoe/policy/rowwise.hpp>
 #include <sinkmoe/policy/sink.hpp>
@@ -18,6 +24,8 @@
 
 namespace sinkmoe::host {
 
+// Tile sizes, chosen by measurement (bench/host_attention, 2 threads, AVX-512): 32 x 64,
+// 64 x 128, 128 x 64 and 128 x 128 were 3-10% slower at D = 64 and 128, T = 512 and 2048.
 inline constexpr int k_block_q = 64;  ///< query rows per tile
 inline constexpr int k_block_k = 64;  ///< keys per tile
 
@@ -28,28 +36,52 @@ namespace detail {
 template <int Rows, class F, class T>
 void load_rows(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head, int d, int ld,
                F factor, F* tile) {
-  std::fill(tile, tile + Rows * ld, F(0));
   for (int i = 0; i < rows; ++i) {
     const T* src = &x(b, row0 + i, head, 0);
-    for (int c = 0; c < d; ++c) tile[i * ld + c] = to_accum<F>(src[c]) * factor;
+    F* dst = tile + i * ld;
+    for (int c = 0; c < d; ++c) dst[c] = to_accum<F>(src[c]) * factor;
+    std::fill(dst + d, dst + ld, F(0));
+  }
+  std::fill(tile + rows * ld, tile + Rows * ld, F(0));
+}
+
+/// Loads the same rows transposed into a zero-padded [ld][Cols] tile, multiplied by `factor`.
+template <int Cols, class F, class T>
+void load_rows_transposed(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head,
+                          int d, int ld, F factor, F* tile) {
+  if (rows > 0)
+    detail::transpose_scaled(&x(b, row0, head, 0), x.stride[1], rows, d, factor, tile, Cols);
+  for (int c = 0; c < d; ++c) std::fill(tile + c * Cols + rows, tile + (c + 1) * Cols, F(0));
+  std::fill(tile + d * Cols, tile + ld * Cols, F(0));
+}
+
+/// Sets the masked entries of a transposed score tile st[keys][BQ] to -inf: key k0 + j of row
+/// j, query q0 + i of lane i. A select per element, so built-in masks (a few compares)
+/// vectorise.
+template <int BQ, class Mask, class F>
+void mask_tile(const Mask& mask, int q0, int rows, int k0, int cols, F* st) {
+  for (int j = 0; j < cols; ++j) {
+    F* row = st + j * BQ;
+    for (int i = 0; i < rows; ++i)
+      row[i] = mask.visible(q0 + i, k0 + j) ? row[i] : math::neg_inf<F>();
   }
 }
 
-/// Loads the same rows transposed into a zero-padded [ld][Cols] tile.
-template <int Cols, class F, class T>
-void load_rows_transposed(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head,
-                          int d, int ld, F* tile) {
-  std::fill(tile, tile + ld * Cols, F(0));
-  for (int j = 0; j < rows; ++j) {
-    const T* src = &x(b, row0 + j, head, 0);
-    for (int c = 0; c < d; ++c) tile[c * Cols + j] = to_accum<F>(src[c]);
+/// Asks for rows [row0, row0 + rows) of one head of x (n elements each) to be brought into L2.
+template <class T>
+void prefetch_rows(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head, int n) {
+  const std::size_t row_bytes = static_cast<std::size_t>(n) * sizeof(T);
+  for (int i = 0; i < rows; ++i) {
+    const char* row = reinterpret_cast<const char*>(&x(b, row0 + i, head, 0));
+    for (std::size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
   }
 }
 
 /// Reads one row's gate logits (gate_dim values) as F.
 template <class F, class T>
 void load_gate_row(const tensor_view<const T, 4>& z, int b, int t, int head, int gate_dim, F* out) {
-  for (int c = 0; c < gate_dim; ++c) out[c] = to_accum<F>(z(b, t, head, c));
+  const T* src = &z(b, t, head, 0);  // unit stride along the last dimension (validated)
+  for (int c = 0; c < gate_dim; ++c) out[c] = to_accum<F>(src[c]);
 }
 
 /// The padding query rows of a padded batch (forward_args::seqlens): out = 0, lse = the sink
@@ -90,22 +122,42 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
   struct task {
     int seq, head, q0;
   };
+  // Longest tasks first (the query tiles that visit the most key tiles: the last ones under a
+  // causal mask), so that the dynamic schedule does not end on a long task.
   std::vector<task> tasks;
+  std::vector<int> key_tiles_of;
   for (int s = 0; s < shape.num_seqs; ++s) {
     const sequence_span span = sequence_at(shape, a, s);
-    for (int h = 0; h < shape.q_heads; ++h)
-      for (int q0 = 0; q0 < span.tq; q0 += BQ) tasks.push_back({s, h, q0});
+    const Mask mask(a.params, span.tq, span.tk);
+    for (int q0 = 0; q0 < span.tq; q0 += BQ) {
+      const key_tile_walk<Mask> walk(mask, q0, std::min(q0 + BQ, span.tq), span.tk, BK);
+      int count = 0;
+      for (int k0 = walk.first(); walk.visits(k0); k0 = walk.next(k0)) ++count;
+      for (int h = 0; h < shape.q_heads; ++h) {
+        tasks.push_back({s, h, q0});
+        key_tiles_of.push_back(count);
+      }
+    }
   }
+  std::vector<std::size_t> order(tasks.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t x, std::size_t y) { return key_tiles_of[x] > key_tiles_of[y]; });
 
-  // K^T and V are staged once per (sequence, kv head, key tile) in the accumulator type and
-  // shared read-only by every query tile and GQA head: 2x the size of K, still linear in T.
+  // K and V are staged once per (sequence, kv head, key tile) in the accumulator type, zero-
+  // padded to whole tiles, and shared read-only by every query tile and GQA head: 2x the size of
+  // K, still linear in T. Contiguous per head whatever the caller's layout: the rows of one head
+  // of a [B, T, H, D] tensor lie H * D apart, which maps them onto a fraction of the cache sets.
   std::vector<int> tile_base(static_cast<std::size_t>(shape.num_seqs) + 1, 0);
   for (int s = 0; s < shape.num_seqs; ++s)
     tile_base[s + 1] = tile_base[s] + (sequence_at(shape, a, s).tk + BK - 1) / BK;
   const int total_tiles = tile_base.back();
   const std::size_t tile_elems = static_cast<std::size_t>(dp) * BK;
-  std::vector<F> kt_packed(static_cast<std::size_t>(shape.kv_heads) * total_tiles * tile_elems);
-  std::vector<F> v_packed(kt_packed.size());
+  const std::size_t packed_elems =
+      static_cast<std::size_t>(shape.kv_heads) * total_tiles * tile_elems;
+  detail::scratch_frame scratch;
+  F* const k_packed = scratch.take<F>(packed_elems);
+  F* const v_packed = scratch.take<F>(packed_elems);
   detail::parallel_for(
       ex.threads, static_cast<std::int64_t>(shape.kv_heads) * total_tiles, [&](std::int64_t pi) {
         const int hk = static_cast<int>(pi / total_tiles),
@@ -115,85 +167,63 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
                       1;
         const sequence_span span = sequence_at(shape, a, s);
         const int k0 = (tile - tile_base[s]) * BK, cols = std::min(BK, span.tk - k0);
-        F* kt = kt_packed.data() + static_cast<std::size_t>(pi) * tile_elems;
-        F* vv = v_packed.data() + static_cast<std::size_t>(pi) * tile_elems;
-        detail::load_rows_transposed<BK>(a.k, span.batch_index, span.k_begin + k0, cols, hk, d, dp,
-                                         kt);
-        detail::load_rows<BK>(a.v, span.batch_index, span.k_begin + k0, cols, hk, d, dp, F(1), vv);
+        const std::size_t at = static_cast<std::size_t>(pi) * tile_elems;
+        const int b = span.batch_index, row0 = span.k_begin + k0;
+        detail::load_rows<BK>(a.k, b, row0, cols, hk, d, dp, F(1), k_packed + at);
+        detail::load_rows<BK>(a.v, b, row0, cols, hk, d, dp, F(1), v_packed + at);
       });
 
   detail::parallel_for(ex.threads, static_cast<std::int64_t>(tasks.size()), [&](std::int64_t ti) {
-    const task tk_ = tasks[ti];
+    const task tk_ = tasks[order[static_cast<std::size_t>(ti)]];
     const sequence_span span = sequence_at(shape, a, tk_.seq);
     const Mask mask(a.params, span.tq, span.tk);
     const Score score(a.params, d);
     const int h = tk_.head, hk = h / group, b = span.batch_index;
     const int q0 = tk_.q0, rows = std::min(BQ, span.tq - q0);
 
-    std::vector<F> buffer(static_cast<std::size_t>(BQ * dp * 2 + BQ * BK * 2));
-    F* q_tile = buffer.data();
-    F* o_acc = q_tile + BQ * dp;
-    F* s_tile = o_acc + BQ * dp;
-    F* p_tile = s_tile + BQ * BK;
-    F row_max[BQ], row_sum[BQ], first_key_score[BQ];
-    for (int i = 0; i < BQ; ++i) {
-      row_max[i] = math::neg_inf<F>();
-      row_sum[i] = F(0);
-      first_key_score[i] = math::neg_inf<F>();
-    }
+    // Every tile of the task in one L1/L2-sized block, written before it is read (no zeroing).
+    detail::scratch_frame task_scratch;
+    F* qt_tile = task_scratch.take<F>(
+        static_cast<std::size_t>(BQ * dp * 2 + BK * BQ));  // [dp][BQ]: Q^T, scaled
+    F* o_acc = qt_tile + dp * BQ;                          // [BQ][dp]
+    F* st_tile = o_acc + BQ * dp;                          // [BK][BQ]: S^T, then P^T
+    alignas(64) F row_max[BQ], row_sum[BQ], rescale[BQ], first_key_score[BQ];
+    std::fill_n(row_max, BQ, math::neg_inf<F>());
+    std::fill_n(row_sum, BQ, F(0));
+    std::fill_n(first_key_score, BQ, math::neg_inf<F>());
 
     // A linear score folds its scale into Q; a soft-cap transforms the raw dot products.
     const F q_factor = Score::is_linear ? F(score.scale()) : F(1);
-    detail::load_rows<BQ>(a.q, b, span.q_begin + q0, rows, h, d, dp, q_factor, q_tile);
+    detail::load_rows_transposed<BQ>(a.q, b, span.q_begin + q0, rows, h, d, dp, q_factor, qt_tile);
     std::fill(o_acc, o_acc + BQ * dp, F(0));
 
+    if constexpr (Gate::enabled)  // into L2 while the key tiles run: the epilogue reads them
+      detail::prefetch_rows(a.gate_logits, b, span.q_begin + q0, rows, h, shape.gate_dim);
     const key_tile_walk<Mask> tiles(mask, q0, q0 + rows, span.tk, BK);
     for (int k0 = tiles.first(); tiles.visits(k0); k0 = tiles.next(k0)) {
       const int cols = tiles.cols(k0);
       const tile_kind kind = tiles.kind(k0);
       const std::size_t packed_at =
           (static_cast<std::size_t>(hk) * total_tiles + tile_base[tk_.seq] + k0 / BK) * tile_elems;
-      const F* kt_ptr = kt_packed.data() + packed_at;
-      const F* v_ptr = v_packed.data() + packed_at;
-      detail::tile_matmul_bt<BQ, BK>(q_tile, dp, kt_ptr, dp, s_tile);
+      const F* k_tile = k_packed + packed_at;
+      const F* v_tile = v_packed + packed_at;
+      detail::tile_matmul_bt<BK, BQ>(k_tile, dp, qt_tile, d, st_tile);
 
-      for (int i = 0; i < rows; ++i) {
-        F* s_row = s_tile + i * BK;
-        if constexpr (!Score::is_linear)
-          for (int j = 0; j < cols; ++j) s_row[j] = score.transform(s_row[j]);
-        if (kind == tile_kind::partial) {
-          for (int j = 0; j < cols; ++j)
-            if (!mask.visible(q0 + i, k0 + j)) s_row[j] = math::neg_inf<F>();
-        }
-        for (int j = cols; j < BK; ++j) s_row[j] = math::neg_inf<F>();
-        if (k0 == 0) first_key_score[i] = s_row[0];
+      if constexpr (!Score::is_linear)
+        for (int j = 0; j < cols; ++j)
+          for (int i = 0; i < rows; ++i) st_tile[j * BQ + i] = score.transform(st_tile[j * BQ + i]);
+      if (kind == tile_kind::partial) detail::mask_tile<BQ>(mask, q0, rows, k0, cols, st_tile);
+      std::fill(st_tile + cols * BQ, st_tile + BK * BQ, math::neg_inf<F>());  // keys past the end
+      if (k0 == 0) std::copy_n(st_tile, BQ, first_key_score);
 
-        F tile_max = math::neg_inf<F>();
-        SINKMOE_OMP_SIMD(reduction(max : tile_max))
-        for (int j = 0; j < BK; ++j) tile_max = s_row[j] > tile_max ? s_row[j] : tile_max;
-        F* p_row = p_tile + i * BK;
-        const F new_max = math::max(row_max[i], tile_max);
-        if (new_max == math::neg_inf<F>()) {  // nothing visible in this row yet
-          std::fill(p_row, p_row + BK, F(0));
-          continue;
-        }
-        const F rescale = math::exp_shifted(row_max[i], new_max);
-        detail::exp_row(s_row, new_max, BK, p_row);
-        F tile_sum = F(0);
-        SINKMOE_OMP_SIMD(reduction(+ : tile_sum))
-        for (int j = 0; j < BK; ++j) tile_sum += p_row[j];
-        row_sum[i] = row_sum[i] * rescale + tile_sum;
-        row_max[i] = new_max;
-        F* o_row = o_acc + i * dp;
-        if (rescale != F(1))
-          for (int c = 0; c < dp; ++c) o_row[c] *= rescale;
-      }
-      for (int i = rows; i < BQ; ++i) std::fill(p_tile + i * BK, p_tile + (i + 1) * BK, F(0));
-      detail::tile_matmul_acc<BQ, BK>(p_tile, v_ptr, dp, dp, o_acc);
+      detail::softmax_tile_columns<BK, BQ>(st_tile, row_max, row_sum, rescale);
+      for (int i = 0; i < rows; ++i)
+        if (rescale[i] != F(1)) detail::scale_row(o_acc + i * dp, dp, rescale[i]);
+      detail::tile_matmul_at_acc<BQ, BK>(st_tile, v_tile, dp, dp, o_acc);
     }
 
     // Epilogue per row: add the sink, normalise, gate, router value (docs/method.md section 2).
-    std::vector<F> z(static_cast<std::size_t>(std::max(shape.gate_dim, 1)));
+    F* z = task_scratch.take<F>(static_cast<std::size_t>(std::max(shape.gate_dim, 1)));
     for (int i = 0; i < rows; ++i) {
       const int t = q0 + i;
       const int row = span.q_begin + t;
@@ -204,8 +234,8 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       F* o_row = o_acc + i * dp;
       for (int c = 0; c < d; ++c) o_row[c] *= fr.normaliser;
       if constexpr (Gate::enabled)
-        detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z.data());
-      const F gate_value = Gate::forward_row(o_row, d, z.data());
+        detail::load_gate_row(a.gate_logits, b, row, h, shape.gate_dim, z);
+      const F gate_value = Gate::forward_row(o_row, d, z);
       T* out_row = &a.out(b, row, h, 0);
       for (int c = 0; c < d; ++c) out_row[c] = from_accum<T>(o_row[c]);
       if (!a.lse.empty()) a.lse(b, h, row) = fr.lse;

@@ -84,6 +84,7 @@ struct headwise {
     const F g = math::sigmoid(z[0]);
     const F one_minus_g = math::sigmoid(-z[0]);
     F dy_dot_y = F(0);
+    SINKMOE_OMP_SIMD(reduction(+ : dy_dot_y))
     for (int c = 0; c < d; ++c) {
       dy_dot_y += dy[c] * y[c];
       d_attn_out[c] = g * dy[c];
@@ -102,6 +103,9 @@ struct elementwise {
   template <class F>
   SINKMOE_HD static F forward_row(F* o, int d, const F* z) {
     F sum = F(0);
+    // simd: the host's float sigmoid is branch-free, so a row vectorises (the reduction is then
+    // summed lane-wise, an order fixed by the build).
+    SINKMOE_OMP_SIMD(reduction(+ : sum))
     for (int c = 0; c < d; ++c) {
       const F g = math::sigmoid(z[c]);
       o[c] *= g;
@@ -112,6 +116,7 @@ struct elementwise {
   template <class F>
   SINKMOE_HD static F router_value(const F* z, int d) {
     F sum = F(0);
+    SINKMOE_OMP_SIMD(reduction(+ : sum))
     for (int c = 0; c < d; ++c) sum += math::sigmoid(z[c]);
     return sum / F(d);
   }
@@ -120,6 +125,7 @@ struct elementwise {
   SINKMOE_HD static void backward_row(const F* dy, const F* y, F* d_attn_out, int d, const F* z,
                                       F gbar, F* dz) {
     const F gbar_per_channel = gbar / F(d);
+    SINKMOE_OMP_SIMD()
     for (int c = 0; c < d; ++c) {
       const F g = math::sigmoid(z[c]);
       const F one_minus_g = math::sigmoid(-z[c]);
