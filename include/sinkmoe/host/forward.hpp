@@ -77,7 +77,8 @@ void prefetch_rows(const tensor_view<const T, 4>& x, int b, int row0, int rows, 
   }
 }
 
-/// Reads one row's gate logits (gate_dim values) as F.
+/// Reads one row's gate logits (gate_dim values) as F. Copied even when T is F: reading the
+/// tensor in place measured 10% slower (gated forward, T = 512).
 template <class F, class T>
 void load_gate_row(const tensor_view<const T, 4>& z, int b, int t, int head, int gate_dim, F* out) {
   const T* src = &z(b, t, head, 0);  // unit stride along the last dimension (validated)
@@ -122,27 +123,15 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
   struct task {
     int seq, head, q0;
   };
-  // Longest tasks first (the query tiles that visit the most key tiles: the last ones under a
-  // causal mask), so that the dynamic schedule does not end on a long task.
+  // Tasks head by head: the threads then stream the same head's K and V at the same time,
+  // shared through L3 when they exceed L2 (ordered by query tile first, T = 8192 and D = 128
+  // ran 25% slower). Ordering each head's tiles longest first (causal) measured no better.
   std::vector<task> tasks;
-  std::vector<int> key_tiles_of;
   for (int s = 0; s < shape.num_seqs; ++s) {
     const sequence_span span = sequence_at(shape, a, s);
-    const Mask mask(a.params, span.tq, span.tk);
-    for (int q0 = 0; q0 < span.tq; q0 += BQ) {
-      const key_tile_walk<Mask> walk(mask, q0, std::min(q0 + BQ, span.tq), span.tk, BK);
-      int count = 0;
-      for (int k0 = walk.first(); walk.visits(k0); k0 = walk.next(k0)) ++count;
-      for (int h = 0; h < shape.q_heads; ++h) {
-        tasks.push_back({s, h, q0});
-        key_tiles_of.push_back(count);
-      }
-    }
+    for (int h = 0; h < shape.q_heads; ++h)
+      for (int q0 = 0; q0 < span.tq; q0 += BQ) tasks.push_back({s, h, q0});
   }
-  std::vector<std::size_t> order(tasks.size());
-  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t x, std::size_t y) { return key_tiles_of[x] > key_tiles_of[y]; });
 
   // K and V are staged once per (sequence, kv head, key tile) in the accumulator type, zero-
   // padded to whole tiles, and shared read-only by every query tile and GQA head: 2x the size of
@@ -174,7 +163,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       });
 
   detail::parallel_for(ex.threads, static_cast<std::int64_t>(tasks.size()), [&](std::int64_t ti) {
-    const task tk_ = tasks[order[static_cast<std::size_t>(ti)]];
+    const task tk_ = tasks[ti];
     const sequence_span span = sequence_at(shape, a, tk_.seq);
     const Mask mask(a.params, span.tq, span.tk);
     const Score score(a.params, d);
