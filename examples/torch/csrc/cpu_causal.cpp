@@ -1,0 +1,6 @@
+// The CPU operators' instantiations for mask::causal (one translation unit per mask: compile time).
+#include "binding.hpp"
+
+namespace sinkmoe_torch {
+SINKMOE_TORCH_INSTANTIATE_CPU(sinkmoe::mask::causal)
+}  // namespace sinkmoe_torch
