@@ -443,6 +443,49 @@ BOOST_AUTO_TEST_CASE(balancing_lowers_the_importance_cv_and_the_balance_loss) {
 // Bad input: one line naming the flag and the value, exit code 2, nothing written
 // ---------------------------------------------------------------------------------------------
 
+// tiny_lm study end to end on a tiny plan (vanilla, lambda {0, 0.1}, two seeds: four runs),
+// interrupted twice (--stop-after, inside the first and the second run) and continued: the same
+// report, run table and curves as the study run in one go.
+BOOST_AUTO_TEST_CASE(study_runs_end_to_end_and_resumes_to_the_same_report) {
+  const fs::path dir = scratch("study");
+  const std::string plan =
+      "study --mechanisms vanilla --lambdas 0,0.1 --shared 0 --seeds 1,2 --layers 1 --heads 2 "
+      "--width 16 --seq 16 --batch 4 --steps 6 --val-seqs 8 --log-every 2 --threads 1";
+  const fs::path whole = dir / "whole", split = dir / "split";
+  const command_result once = run_exe(plan + " --out '" + whole.string() + "'", dir);
+  BOOST_TEST_REQUIRE(once.code == 0, once.err);
+  BOOST_TEST(once.out.find("tiny_lm study: done") != std::string::npos);
+  const command_result first = run_exe(plan + " --stop-after 5 --out '" + split.string() + "'", dir);
+  BOOST_TEST_REQUIRE(first.code == 0, first.err);
+  BOOST_TEST(first.out.find("stopped") != std::string::npos);
+  BOOST_TEST(!fs::exists(split / "study.md"));
+  const command_result second =
+      run_exe(plan + " --stop-after 4 --out '" + split.string() + "'", dir);
+  BOOST_TEST_REQUIRE(second.code == 0, second.err);
+  BOOST_TEST(second.out.find("resuming at step 5") != std::string::npos, second.out);
+  BOOST_TEST(fs::exists(split / "runs" / "vanilla-lambda0-seed1" / "final.txt"));
+  const command_result last = run_exe(plan + " --out '" + split.string() + "'", dir);
+  BOOST_TEST_REQUIRE(last.code == 0, last.err);
+  BOOST_TEST(last.out.find("resuming at step 3") != std::string::npos, last.out);
+  for (const char* file : {"study.md", "study_runs.csv", "study_layers.csv", "cv.svg",
+                           "effective_heads.svg", "dormant.svg", "first_token.svg",
+                           "heatmaps.svg"})
+    BOOST_TEST(slurp(split / file) == slurp(whole / file), file << " differs after resuming");
+  const std::string runs = slurp(whole / "study_runs.csv");
+  BOOST_TEST(std::count(runs.begin(), runs.end(), '\n') == 5);  // header + 4 runs
+  const std::string md = slurp(whole / "study.md");
+  BOOST_TEST(md.find("| lambda = 0.1, shared 0 | mean ± std |") != std::string::npos, md);
+  BOOST_TEST(slurp(whole / "cv.svg").find("<polyline") != std::string::npos);
+  const std::string collapse = slurp(whole / "runs" / "vanilla-lambda0-seed2" / "collapse.csv");
+  BOOST_TEST(std::count(collapse.begin(), collapse.end(), '\n') == 1 + 3);  // steps 2, 4, 6
+
+  // The same folder with another plan: refused, nothing touched.
+  const command_result other =
+      run_exe(plan + " --lr 0.02 --out '" + whole.string() + "'", dir);
+  BOOST_TEST(other.code == 2);
+  BOOST_TEST(other.err.find("holds another study") != std::string::npos, other.err);
+}
+
 BOOST_AUTO_TEST_CASE(bad_input_exits_with_2_and_writes_nothing) {
   const fs::path dir = scratch("badinput");
   write(dir / "empty.txt", "");
@@ -471,6 +514,10 @@ BOOST_AUTO_TEST_CASE(bad_input_exits_with_2_and_writes_nothing) {
     {"compare --mechanism sink" + o, "--mechanism is not a flag of compare"},
     {"compare --lambda 0" + o, "--lambda 0"},
     {"compare --data-parallel" + o, "--data-parallel is not a flag of compare"},
+    {"study --mechanism sink" + o, "study takes lists"},
+    {"study --lambdas 0.1,0" + o, "--lambdas: the first value must be 0"},
+    {"study --mechanisms vanilla,vanilla" + o, "listed twice"},
+    {"study --shared 8" + o, "--shared 8"},
 #if TINY_LM_HAS_MPI
     // One rank (MPI singleton init, no mpiexec): input errors still print one line.
     {"train --data-parallel --steps 0" + o, "--steps 0"},

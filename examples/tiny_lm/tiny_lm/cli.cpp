@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -23,6 +24,7 @@
 #include "tiny_lm/config.hpp"
 #include "tiny_lm/data_parallel.hpp"
 #include "tiny_lm/report.hpp"
+#include "tiny_lm/study.hpp"
 #include "tiny_lm/trainer.hpp"
 
 namespace tiny_lm {
@@ -39,6 +41,8 @@ Usage:
   tiny_lm compare [flags]          six runs {vanilla, sink, gated} x {lambda = 0, lambda > 0},
                                    same seed and budget, then the comparison table and heatmaps
   tiny_lm train [flags]            train one configuration
+  tiny_lm study [flags]            a resumable plan: mechanisms x lambdas x shared heads x seeds,
+                                   then tables over seeds, paired comparisons, collapse curves
   tiny_lm report DIR               re-evaluate a saved run (or a compare folder) from its
                                    checkpoints and print its table and heatmap
   tiny_lm --help
@@ -80,8 +84,20 @@ Training:
   --val-seqs N         validation sequences (default 256; the final evaluation uses all of them,
                        the log lines the first 64)
 
+Study (tiny_lm study; model and training flags as above, for every run):
+  --mechanisms A,B     mechanisms to study (default vanilla,sink,gated)
+  --lambdas 0,X,Y      balancing weights; 0 (the baseline) first (default 0,0.01,0.1)
+  --shared M,N         shared heads of the balanced runs (default 0,1)
+  --seeds S,T,U        seeds, the same for every configuration (default 1,2,3)
+  Runs train in DIR/runs/NAME with checkpoints (--checkpoint-every, default steps / 10); the same
+  command again skips finished runs and resumes an interrupted one (bit-identically). With
+  --stop-after N a call stops after N optimiser steps in total (to spread a study over sessions).
+  The finished study writes DIR/study.md (tables, paired comparisons), study_runs.csv,
+  study_layers.csv, cv.svg, effective_heads.svg, dormant.svg, first_token.svg, heatmaps.svg.
+
 Outputs and execution:
-  --out DIR            run folder (train: tiny_lm_run, compare: tiny_lm_compare)
+  --out DIR            run folder (train: tiny_lm_run, compare: tiny_lm_compare, study:
+                       tiny_lm_study)
   --log-every N        a log line (loss, validation loss, mean CV, effective heads) every N steps
                        (default steps / 10)
   --checkpoint-every N write DIR/checkpoint.bin every N steps (it is always written at the end)
@@ -111,6 +127,9 @@ What a run writes (DIR):
   log.csv              one row per log step: loss, balance loss, validation loss/accuracy,
                        mean CV, effective heads, tokens/s
   importance.csv       step,layer,head,importance for every training step (collapse dynamics)
+  collapse.csv         per log step and layer, on validation: CV, effective heads, dormant share
+                       below 0.1 and 0.2, mean first-token attention, share of heads above 0.3 of
+                       it (Gu et al.'s sink heads); val_importance.csv the per-head importance
   heatmap.svg          per-layer x per-head importance on the validation set
   summary.md           the final metrics, per-layer CV / effective heads / dormant share, speed
 compare also writes DIR/compare.md (the tables) and DIR/heatmap.svg (all six runs).
@@ -137,34 +156,38 @@ is written).
 struct flag_spec {
   const char* name;
   bool value;
-  bool train, compare, report;
+  bool train, compare, report, study;
 };
 constexpr flag_spec k_flags[] = {
-    {"--mechanism", true, true, false, false},
-    {"--layers", true, true, true, false},
-    {"--heads", true, true, true, false},
-    {"--width", true, true, true, false},
-    {"--seq", true, true, true, false},
-    {"--window", true, true, true, false},
-    {"--untied", false, true, true, false},
-    {"--no-token-shift", false, true, true, false},
-    {"--steps", true, true, true, false},
-    {"--batch", true, true, true, false},
-    {"--lr", true, true, true, false},
-    {"--warmup", true, true, true, false},
-    {"--lambda", true, true, true, false},
-    {"--shared-heads", true, true, true, false},
-    {"--seed", true, true, true, false},
-    {"--data", true, true, true, false},
-    {"--val-seqs", true, true, true, true},
-    {"--out", true, true, true, true},
-    {"--log-every", true, true, true, false},
-    {"--checkpoint-every", true, true, true, false},
-    {"--resume", true, true, false, false},
-    {"--stop-after", true, true, false, false},
-    {"--threads", true, true, true, true},
-    {"--device", true, true, true, true},
-    {"--data-parallel", false, true, false, false},
+    {"--mechanism", true, true, false, false, false},
+    {"--layers", true, true, true, false, true},
+    {"--heads", true, true, true, false, true},
+    {"--width", true, true, true, false, true},
+    {"--seq", true, true, true, false, true},
+    {"--window", true, true, true, false, true},
+    {"--untied", false, true, true, false, true},
+    {"--no-token-shift", false, true, true, false, true},
+    {"--steps", true, true, true, false, true},
+    {"--batch", true, true, true, false, true},
+    {"--lr", true, true, true, false, true},
+    {"--warmup", true, true, true, false, true},
+    {"--lambda", true, true, true, false, false},
+    {"--shared-heads", true, true, true, false, false},
+    {"--seed", true, true, true, false, false},
+    {"--data", true, true, true, false, true},
+    {"--val-seqs", true, true, true, true, true},
+    {"--out", true, true, true, true, true},
+    {"--log-every", true, true, true, false, true},
+    {"--checkpoint-every", true, true, true, false, true},
+    {"--resume", true, true, false, false, false},
+    {"--stop-after", true, true, false, false, true},
+    {"--threads", true, true, true, true, true},
+    {"--device", true, true, true, true, true},
+    {"--data-parallel", false, true, false, false, false},
+    {"--mechanisms", true, false, false, false, true},
+    {"--lambdas", true, false, false, false, true},
+    {"--shared", true, false, false, false, true},
+    {"--seeds", true, false, false, false, true},
 };
 
 /// Flags that set config fields (their config key is the name without "--").
@@ -202,11 +225,17 @@ parsed_args parse_args(int argc, const char* const* argv) {
     if (!spec) throw usage_error("unknown flag " + arg + " (see tiny_lm --help)");
     const bool allowed = a.mode == "train"     ? spec->train
                          : a.mode == "compare" ? spec->compare
+                         : a.mode == "study"   ? spec->study
                                                : spec->report;
     if (!allowed)
       throw usage_error(
           arg + " is not a flag of " + a.mode +
-          (arg == "--mechanism" ? " (compare always runs vanilla, sink and gated)" : ""));
+          (arg == "--mechanism" && a.mode == "compare"
+               ? " (compare always runs vanilla, sink and gated)"
+           : a.mode == "study" && (arg == "--mechanism" || arg == "--lambda" ||
+                                   arg == "--shared-heads" || arg == "--seed")
+               ? " (study takes lists: --mechanisms, --lambdas, --shared, --seeds)"
+               : ""));
     if (a.has(arg)) throw usage_error(arg + " is given twice");
     if (spec->value) {
       if (!inline_value) {
@@ -548,6 +577,91 @@ int run_compare(const parsed_args& a) {
   return k_exit_ok;
 }
 
+/// A comma-separated list of a flag's values.
+std::vector<std::string> split_list(const std::string& flag, const std::string& text) {
+  std::vector<std::string> items;
+  std::istringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (item.empty()) throw usage_error(flag + " '" + text + "': an empty item");
+    items.push_back(item);
+  }
+  if (items.empty()) throw usage_error(flag + " '': no values");
+  return items;
+}
+
+study_plan plan_from_args(const parsed_args& a) {
+  study_plan plan;
+  plan.base = config_from_args(a);
+  const std::string mechanisms = a.has("--mechanisms") ? a.values.at("--mechanisms")
+                                                       : "vanilla,sink,gated";
+  for (const std::string& m : split_list("--mechanisms", mechanisms)) {
+    const auto parsed = parse_mechanism(m);
+    if (!parsed) throw usage_error("--mechanisms: unknown mechanism '" + m + "'");
+    if (std::find(plan.mechanisms.begin(), plan.mechanisms.end(), *parsed) != plan.mechanisms.end())
+      throw usage_error("--mechanisms: '" + m + "' is listed twice");
+    plan.mechanisms.push_back(*parsed);
+  }
+  for (const std::string& l : split_list("--lambdas", a.has("--lambdas") ? a.values.at("--lambdas")
+                                                                          : "0,0.01,0.1")) {
+    const double lambda = parse_real("--lambdas", l);
+    if (!(lambda >= 0)) throw usage_error("--lambdas " + l + ": must be >= 0");
+    plan.lambdas.push_back(lambda);
+  }
+  if (plan.lambdas.front() != 0 ||
+      std::count(plan.lambdas.begin(), plan.lambdas.end(), 0.0) != 1)
+    throw usage_error("--lambdas: the first value must be 0 (the baseline), and only the first");
+  if (!std::is_sorted(plan.lambdas.begin(), plan.lambdas.end()) ||
+      std::adjacent_find(plan.lambdas.begin(), plan.lambdas.end()) != plan.lambdas.end())
+    throw usage_error("--lambdas: values must increase");
+  for (const std::string& m : split_list("--shared", a.has("--shared") ? a.values.at("--shared")
+                                                                        : "0,1")) {
+    const int shared = int(parse_integer("--shared", m, 0, plan.base.model.heads - 1));
+    if (!plan.shared_heads.empty() && shared <= plan.shared_heads.back())
+      throw usage_error("--shared: values must increase");
+    plan.shared_heads.push_back(shared);
+  }
+  for (const std::string& s : split_list("--seeds", a.has("--seeds") ? a.values.at("--seeds")
+                                                                      : "1,2,3")) {
+    const auto seed = static_cast<std::uint64_t>(
+        parse_integer("--seeds", s, 0, std::numeric_limits<long long>::max()));
+    if (std::find(plan.seeds.begin(), plan.seeds.end(), seed) != plan.seeds.end())
+      throw usage_error("--seeds: " + s + " is listed twice");
+    plan.seeds.push_back(seed);
+  }
+  for (const study_run& run : plan_runs(plan)) validate_config(run.config);
+  return plan;
+}
+
+int run_study(const parsed_args& a) {
+  if (!a.positional.empty()) throw usage_error("unexpected argument '" + a.positional[0] + "'");
+  const study_plan plan = plan_from_args(a);
+  study_options opts;
+  opts.train = options_from_args(a, "tiny_lm_study");
+  opts.dir = opts.train.out_dir;
+  opts.stop_after = opts.train.stop_after;
+  opts.train.stop_after = 0;
+  opts.val_sequences = val_sequences(a);
+  check_out_dir(opts.dir);
+  const dataset data = load_dataset(plan.base, opts.val_sequences);
+  resolve_threads(a, opts.train);
+  opts.train.plain_log = !::isatty(STDOUT_FILENO);
+  const std::size_t runs = plan_runs(plan).size();
+  std::printf("tiny_lm study: %zu runs (%zu mechanisms x %zu seeds x lambda/shared); %s; %d steps "
+              "each; data: %s; output: %s\n",
+              runs, plan.mechanisms.size(), plan.seeds.size(), describe_shape(plan.base).c_str(),
+              plan.base.steps, data.describe().c_str(), opts.dir.c_str());
+  std::fflush(stdout);
+  if (!tiny_lm::run_study(plan, data, opts)) {
+    std::printf("tiny_lm study: stopped (--stop-after); run the same command again to continue\n");
+    return k_exit_ok;
+  }
+  std::ifstream report(fs::path(opts.dir) / "study.md");
+  std::printf("tiny_lm study: done\n\n%s\nReport: %s\n",
+              std::string(std::istreambuf_iterator<char>(report), {}).c_str(),
+              (fs::path(opts.dir) / "study.md").string().c_str());
+  return k_exit_ok;
+}
+
 int run_report(const parsed_args& a) {
   std::string dir = a.has("--out") ? a.values.at("--out") : "";
   if (!a.positional.empty()) {
@@ -596,7 +710,7 @@ int run_report(const parsed_args& a) {
 int cli_main(int argc, const char* const* argv) {
   try {
     if (argc < 2) {
-      std::fputs("usage: tiny_lm compare|train|report [flags]   (tiny_lm --help for details)\n",
+      std::fputs("usage: tiny_lm compare|train|study|report [flags]   (tiny_lm --help for details)\n",
                  stderr);
       return k_exit_usage;
     }
@@ -614,12 +728,13 @@ int cli_main(int argc, const char* const* argv) {
         std::fputs(k_help, stdout);
         return k_exit_ok;
       }
-    if (mode != "train" && mode != "compare" && mode != "report")
+    if (mode != "train" && mode != "compare" && mode != "report" && mode != "study")
       throw usage_error("unknown mode '" + mode +
-                        "' (compare, train or report; see tiny_lm --help)");
+                        "' (compare, train, study or report; see tiny_lm --help)");
     const parsed_args args = parse_args(argc, argv);
     if (mode == "train") return run_train(args);
     if (mode == "compare") return run_compare(args);
+    if (mode == "study") return run_study(args);
     return run_report(args);
   } catch (const rank_exit& e) {
     return e.code;  // data parallel: another rank printed the reason

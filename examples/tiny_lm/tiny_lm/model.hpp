@@ -203,6 +203,15 @@ class transformer {
                         {L.counted.data(), {batch_, cfg_.seq}}});
     return inputs;
   }
+  /// Per layer: attention on the first token (BOS) [B, H, T] and counted tokens of the last
+  /// forward (Gu et al.'s sink metric, for any mechanism).
+  [[nodiscard]] std::vector<sinkmoe::balance::layer_input<accum>> first_key_inputs() const {
+    std::vector<sinkmoe::balance::layer_input<accum>> inputs;
+    for (const layer_state& L : layers_)
+      inputs.push_back({{L.first_key_mass.data(), {batch_, cfg_.heads, cfg_.seq}},
+                        {L.counted.data(), {batch_, cfg_.seq}}});
+    return inputs;
+  }
   /// Per layer: where the balance loss writes dL/dG [B, H, T] for the next backward.
   [[nodiscard]] std::vector<sinkmoe::tensor_view<accum, 3>> drouter_views() {
     std::vector<sinkmoe::tensor_view<accum, 3>> views;
@@ -281,7 +290,7 @@ class transformer {
     const attention_kernels<T>* kernels = nullptr;
     mask_kind mask = mask_kind::causal;
     std::vector<T> rstd1, h1, proj, out, x_mid, rstd2, h2, u, gl;
-    std::vector<accum> lse, router, drouter;
+    std::vector<accum> lse, router, drouter, first_key_mass;
     std::vector<std::uint8_t> counted;
     sinkmoe::forward_args<T> fa;
   };
@@ -332,6 +341,7 @@ class transformer {
     fa.out = {L.out.data(), {B, S, H, d}};
     fa.lse = {L.lse.data(), {B, H, S}};
     fa.router = {L.router.data(), {B, H, S}};
+    fa.first_key_mass = {L.first_key_mass.data(), {B, H, S}};
     if (L.mask == mask_kind::sliding_window) fa.params.window = cfg_.window;
     return fa;
   }
@@ -356,6 +366,7 @@ class transformer {
       L.lse.assign(BHS, accum(0));
       L.router.assign(BHS, accum(0));
       L.drouter.assign(BHS, accum(0));
+      L.first_key_mass.assign(BHS, accum(0));
       L.counted.assign(std::size_t(batch) * cfg_.seq, 0);
     }
     hf_.assign(N * W, T(0));

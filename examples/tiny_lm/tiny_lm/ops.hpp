@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <sinkmoe/host/tile_ops.hpp>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -39,49 +40,55 @@ void parallel_blocks(int threads, std::int64_t count, std::int64_t grain, Body&&
 }
 
 /// C[M][N] = (accumulate ? C : 0) + op(A) B, row-major with leading dimensions, where op(A) is
-/// A [M][K] or, with TransA, the transpose of A [K][M]. Tasks are 4-row x 64-column blocks of C;
-/// each sums over K in order (deterministic for any thread count).
+/// A [M][K] or, with TransA, the transpose of A [K][M]. Tasks are blocks of 48 rows x 128
+/// columns of C, run on sinkmoe's own CPU micro-kernels (host/tile_ops.hpp: AVX-512 or AVX2
+/// register blocks, 16-column panels) where a block is whole; edges take the plain loops. Each
+/// element sums over K in order with one multiply-add per term, so results do not depend on the
+/// thread count.
 template <bool TransA = false, class T>
 void gemm(int threads, int m, int n, int k, const T* a, int lda, const T* b, int ldb, T* c, int ldc,
           bool accumulate) {
-  constexpr int rb = 4, cb = 64;
+  constexpr int rb = 48, cb = 128;  // 48 = 8 micro-kernel blocks of 6 rows (3 of 16 for double)
   const int row_blocks = (m + rb - 1) / rb, col_blocks = (n + cb - 1) / cb;
-  const auto a_at = [&](int i, int p) -> T {
-    return TransA ? a[std::int64_t(p) * lda + i] : a[std::int64_t(i) * lda + p];
-  };
+  const int a_row = TransA ? 1 : lda, a_col = TransA ? lda : 1;
   parallel_for(threads, std::int64_t(row_blocks) * col_blocks, [&](std::int64_t task) {
     const int i0 = static_cast<int>(task / col_blocks) * rb;
     const int j0 = static_cast<int>(task % col_blocks) * cb;
     const int rows = std::min(rb, m - i0), cols = std::min(cb, n - j0);
-    T acc[rb][cb];
-    for (int r = 0; r < rb; ++r)
-      for (int j = 0; j < cb; ++j)
-        acc[r][j] =
-            (accumulate && r < rows && j < cols) ? c[(i0 + r) * std::int64_t(ldc) + j0 + j] : T(0);
-    if (rows == rb && cols == cb) {
-      for (int p = 0; p < k; ++p) {
-        const T* b_row = b + p * std::int64_t(ldb) + j0;
-        const T x0 = a_at(i0, p), x1 = a_at(i0 + 1, p), x2 = a_at(i0 + 2, p), x3 = a_at(i0 + 3, p);
-#pragma omp simd
-        for (int j = 0; j < cb; ++j) {
-          acc[0][j] += x0 * b_row[j];
-          acc[1][j] += x1 * b_row[j];
-          acc[2][j] += x2 * b_row[j];
-          acc[3][j] += x3 * b_row[j];
-        }
+    const T* a0 = a + std::int64_t(i0) * a_row;
+    T* c0 = c + std::int64_t(i0) * ldc + j0;
+    const int vector_cols = cols / 16 * 16;
+    // Rows in blocks the micro-kernels take (48, then 12, then 4); at most 3 rows are left.
+    const auto vector_rows = [&]<int R>(int r) {
+      if (accumulate)
+        sinkmoe::host::detail::gemm_tile<R, true>(a0 + std::int64_t(r) * a_row, a_row, a_col,
+                                                  b + j0, ldb, k, c0 + std::int64_t(r) * ldc, ldc,
+                                                  vector_cols);
+      else
+        sinkmoe::host::detail::gemm_tile<R, false>(a0 + std::int64_t(r) * a_row, a_row, a_col,
+                                                   b + j0, ldb, k, c0 + std::int64_t(r) * ldc, ldc,
+                                                   vector_cols);
+    };
+    int r = 0;
+    if (vector_cols > 0) {
+      if (rows == rb) {
+        vector_rows.template operator()<rb>(0);
+        r = rb;
       }
-    } else {
-      for (int p = 0; p < k; ++p) {
-        const T* b_row = b + p * std::int64_t(ldb) + j0;
-        for (int r = 0; r < rows; ++r) {
-          const T x = a_at(i0 + r, p);
-#pragma omp simd
-          for (int j = 0; j < cols; ++j) acc[r][j] += x * b_row[j];
-        }
-      }
+      for (; r + 12 <= rows; r += 12) vector_rows.template operator()<12>(r);
+      for (; r + 4 <= rows; r += 4) vector_rows.template operator()<4>(r);
     }
-    for (int r = 0; r < rows; ++r)
-      for (int j = 0; j < cols; ++j) c[(i0 + r) * std::int64_t(ldc) + j0 + j] = acc[r][j];
+    // The rest: the rows left above, and every row's columns past the last 16 (the same sums,
+    // in order).
+    const auto scalar = [&](int row, int j) {
+      T acc = accumulate ? c0[std::int64_t(row) * ldc + j] : T(0);
+      for (int p = 0; p < k; ++p)
+        acc += a0[std::int64_t(row) * a_row + std::int64_t(p) * a_col] *
+               b[std::int64_t(p) * ldb + j0 + j];
+      c0[std::int64_t(row) * ldc + j] = acc;
+    };
+    for (int row = 0; row < rows; ++row)
+      for (int j = row < r ? vector_cols : 0; j < cols; ++j) scalar(row, j);
   });
 }
 

@@ -200,6 +200,99 @@ std::string heatmap_svg(const std::vector<heatmap_panel>& panels, int columns,
   return os.str();
 }
 
+std::string line_chart_svg(const std::vector<chart_panel>& panels, const std::string& title,
+                           const std::string& subtitle, const std::string& x_label,
+                           const std::string& y_label) {
+  // Tableau-10 colours: series keep their colour across panels (same index, same meaning).
+  static const char* const colors[] = {"#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
+                                       "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"};
+  const int plot_w = 360, plot_h = 220, left = 56, right = 16, top_gap = 30, bottom = 42, pad = 24;
+  const int panel_w = left + plot_w + right, panel_h = top_gap + plot_h + bottom;
+  const int columns = std::min<int>(3, std::max<int>(1, static_cast<int>(panels.size())));
+  const int rows = (static_cast<int>(panels.size()) + columns - 1) / columns;
+  std::size_t most_series = 0;
+  for (const chart_panel& p : panels) most_series = std::max(most_series, p.series.size());
+  const int legend_h = 18 * static_cast<int>(most_series) + 12, top = 64;
+  const int width = pad * 2 + columns * panel_w + (columns - 1) * pad;
+  const int height = top + rows * panel_h + legend_h + pad;
+  std::ostringstream os;
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+     << "\" viewBox=\"0 0 " << width << ' ' << height
+     << "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
+  os << "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
+  os << "<text x=\"" << pad << "\" y=\"28\" font-size=\"18\" font-weight=\"bold\" fill=\"#222\">"
+     << xml_escape(title) << "</text>\n";
+  os << "<text x=\"" << pad << "\" y=\"48\" font-size=\"12\" fill=\"#555\">" << xml_escape(subtitle)
+     << "</text>\n";
+  for (std::size_t p = 0; p < panels.size(); ++p) {
+    const int px = pad + static_cast<int>(p % columns) * (panel_w + pad);
+    const int py = top + static_cast<int>(p / columns) * panel_h;
+    double x0 = 0, x1 = 1, y0 = 0, y1 = 0;
+    bool any = false;
+    for (const chart_series& s : panels[p].series)
+      for (std::size_t i = 0; i < s.x.size(); ++i) {
+        x0 = any ? std::min(x0, s.x[i]) : s.x[i];
+        x1 = any ? std::max(x1, s.x[i]) : s.x[i];
+        y1 = std::max({y1, s.hi[i], s.mean[i]});
+        any = true;
+      }
+    if (x1 <= x0) x1 = x0 + 1;
+    if (y1 <= y0) y1 = 1;
+    y1 *= 1.05;
+    const auto sx = [&](double x) { return left + (x - x0) / (x1 - x0) * plot_w; };
+    const auto sy = [&](double y) { return top_gap + plot_h - (y - y0) / (y1 - y0) * plot_h; };
+    os << "<g transform=\"translate(" << px << ',' << py << ")\">\n";
+    os << "<text x=\"" << left << "\" y=\"18\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">"
+       << xml_escape(panels[p].title) << "</text>\n";
+    os << "<rect x=\"" << left << "\" y=\"" << top_gap << "\" width=\"" << plot_w
+       << "\" height=\"" << plot_h << "\" fill=\"none\" stroke=\"#bbb\"/>\n";
+    for (int t = 0; t <= 4; ++t) {  // grid and tick labels
+      const double yv = y0 + (y1 - y0) * t / 4, xv = x0 + (x1 - x0) * t / 4;
+      os << "<line x1=\"" << left << "\" x2=\"" << left + plot_w << "\" y1=\"" << sy(yv)
+         << "\" y2=\"" << sy(yv) << "\" stroke=\"#eee\"/>\n";
+      os << "<text x=\"" << left - 6 << "\" y=\"" << sy(yv) + 4
+         << "\" font-size=\"10\" fill=\"#555\" text-anchor=\"end\">" << fixed(yv, 2) << "</text>\n";
+      os << "<text x=\"" << sx(xv) << "\" y=\"" << top_gap + plot_h + 14
+         << "\" font-size=\"10\" fill=\"#555\" text-anchor=\"middle\">" << fixed(xv, 0)
+         << "</text>\n";
+    }
+    os << "<text x=\"" << left + plot_w / 2 << "\" y=\"" << top_gap + plot_h + 32
+       << "\" font-size=\"11\" fill=\"#333\" text-anchor=\"middle\">" << xml_escape(x_label)
+       << "</text>\n";
+    os << "<text transform=\"translate(14," << top_gap + plot_h / 2
+       << ") rotate(-90)\" font-size=\"11\" fill=\"#333\" text-anchor=\"middle\">"
+       << xml_escape(y_label) << "</text>\n";
+    for (std::size_t k = 0; k < panels[p].series.size(); ++k) {
+      const chart_series& s = panels[p].series[k];
+      if (s.x.empty()) continue;
+      const char* color = colors[k % 10];
+      std::ostringstream band, line;
+      for (std::size_t i = 0; i < s.x.size(); ++i) band << sx(s.x[i]) << ',' << sy(s.hi[i]) << ' ';
+      for (std::size_t i = s.x.size(); i-- > 0;) band << sx(s.x[i]) << ',' << sy(s.lo[i]) << ' ';
+      for (std::size_t i = 0; i < s.x.size(); ++i) line << sx(s.x[i]) << ',' << sy(s.mean[i]) << ' ';
+      os << "<polygon points=\"" << band.str() << "\" fill=\"" << color
+         << "\" fill-opacity=\"0.15\" stroke=\"none\"/>\n";
+      os << "<polyline points=\"" << line.str() << "\" fill=\"none\" stroke=\"" << color
+         << "\" stroke-width=\"1.8\"><title>" << xml_escape(s.name) << "</title></polyline>\n";
+    }
+    os << "</g>\n";
+  }
+  // Legend: the series of the panel with the most.
+  const chart_panel* legend = nullptr;
+  for (const chart_panel& p : panels)
+    if (!legend || p.series.size() > legend->series.size()) legend = &p;
+  const int ly = top + rows * panel_h + 8;
+  for (std::size_t k = 0; legend && k < legend->series.size(); ++k) {
+    const int y = ly + 18 * static_cast<int>(k);
+    os << "<rect x=\"" << pad << "\" y=\"" << y << "\" width=\"22\" height=\"4\" fill=\""
+       << colors[k % 10] << "\"/>\n";
+    os << "<text x=\"" << pad + 30 << "\" y=\"" << y + 6 << "\" font-size=\"11\" fill=\"#333\">"
+       << xml_escape(legend->series[k].name) << "</text>\n";
+  }
+  os << "</svg>\n";
+  return os.str();
+}
+
 std::string run_markdown(const run_summary& run) {
   std::ostringstream os;
   const auto& v = run.val;

@@ -18,6 +18,12 @@ struct eval_result {
   long long tokens = 0;
   long long answers = 0;             ///< recall answers scored (0 for text files)
   sinkmoe::balance::report balance;  ///< importance over the validation set, CV, head metrics
+  /// Per layer, the share of heads with importance below 0.1 and below 0.2 (the collapse
+  /// thresholds of the study).
+  std::vector<double> dormant_below_01, dormant_below_02;
+  /// Per layer, the mean attention on the first token (BOS) over heads and counted tokens, and
+  /// Gu et al.'s sink metric: the share of heads whose mean first-token attention exceeds 0.3.
+  std::vector<double> first_key_mass, first_key_sink_heads;
 };
 
 /// Training-speed numbers of a run (from step_timers).
@@ -50,6 +56,20 @@ struct heatmap_panel {
 };
 std::string heatmap_svg(const std::vector<heatmap_panel>& panels, int columns,
                         const std::string& title, const std::string& subtitle);
+
+/// Line charts: one panel per group, one line per series (a mean) with a shaded band (lo..hi,
+/// e.g. the spread over seeds). x is shared by a series' points.
+struct chart_series {
+  std::string name;
+  std::vector<double> x, mean, lo, hi;
+};
+struct chart_panel {
+  std::string title;
+  std::vector<chart_series> series;
+};
+std::string line_chart_svg(const std::vector<chart_panel>& panels, const std::string& title,
+                           const std::string& subtitle, const std::string& x_label,
+                           const std::string& y_label);
 
 /// Markdown summary of one run (metrics, per-layer table, speed).
 std::string run_markdown(const run_summary& run);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 
 #include "tiny_lm/crc32.hpp"
@@ -23,6 +24,11 @@ constexpr const char* k_log_header =
     "step,lr,loss,ce,balance_loss,grad_norm,train_mean_cv,val_loss,val_acc,val_recall_acc,"
     "val_mean_cv,val_effective_heads,tokens_per_s";
 constexpr const char* k_importance_header = "step,layer,head,importance";
+/// Validation metrics of every layer at every log step: how collapse develops.
+constexpr const char* k_collapse_header =
+    "step,layer,cv,effective_heads,dormant_below_0.1,dormant_below_0.2,first_key_mass,"
+    "first_key_sink_heads";
+constexpr const char* k_val_importance_header = "step,layer,head,importance";
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -153,7 +159,18 @@ eval_result evaluate(transformer<float>& model, const dataset& data, int batch, 
   const int total = max_sequences > 0 ? std::min(max_sequences, data.validation_sequences())
                                       : data.validation_sequences();
   ops::ce_totals ce;
-  sinkmoe::balance::importance_sums sums;
+  sinkmoe::balance::importance_sums sums, first_key;
+  const auto add_to = [](sinkmoe::balance::importance_sums& total,
+                         const sinkmoe::balance::importance_sums& part) {
+    if (total.router_sum.empty()) {
+      total = part;
+      return;
+    }
+    for (std::size_t i = 0; i < total.router_sum.size(); ++i)
+      total.router_sum[i] += part.router_sum[i];
+    for (std::size_t i = 0; i < total.token_count.size(); ++i)
+      total.token_count[i] += part.token_count[i];
+  };
   sample_batch sb;
   for (int first = 0; first < total; first += batch) {
     data.validation_batch(first, std::min(batch, total - first), sb);
@@ -164,15 +181,10 @@ eval_result evaluate(transformer<float>& model, const dataset& data, int batch, 
     ce.answers += c.answers;
     ce.answers_correct += c.answers_correct;
     const auto inputs = model.balance_inputs();
-    const auto s = sinkmoe::balance::accumulate<float>(model.exec(), std::span(inputs));
-    if (sums.router_sum.empty()) {
-      sums = s;
-    } else {
-      for (std::size_t i = 0; i < sums.router_sum.size(); ++i)
-        sums.router_sum[i] += s.router_sum[i];
-      for (std::size_t i = 0; i < sums.token_count.size(); ++i)
-        sums.token_count[i] += s.token_count[i];
-    }
+    add_to(sums, sinkmoe::balance::accumulate<float>(model.exec(), std::span(inputs)));
+    const auto first_key_inputs = model.first_key_inputs();
+    add_to(first_key,
+           sinkmoe::balance::accumulate<float>(model.exec(), std::span(first_key_inputs)));
   }
   eval_result r;
   r.tokens = ce.rows;
@@ -181,6 +193,18 @@ eval_result evaluate(transformer<float>& model, const dataset& data, int batch, 
   r.accuracy = ce.rows ? double(ce.correct) / double(ce.rows) : 0;
   r.recall_accuracy = ce.answers ? double(ce.answers_correct) / double(ce.answers) : 0;
   r.balance = reg.evaluate(sums);
+  const auto metrics = sinkmoe::balance::head_metrics(sums, {0.1, 0.2});
+  // Mean first-token attention per head, from the same sums machinery as the importance.
+  const auto first_metrics = sinkmoe::balance::head_metrics(first_key, {});
+  for (std::size_t l = 0; l < metrics.layers.size(); ++l) {
+    r.dormant_below_01.push_back(metrics.layers[l].dormant_fraction[0]);
+    r.dormant_below_02.push_back(metrics.layers[l].dormant_fraction[1]);
+    const std::vector<double>& fk = first_metrics.layers[l].importance;
+    r.first_key_mass.push_back(fk.empty() ? 0.0
+                                          : std::accumulate(fk.begin(), fk.end(), 0.0) / fk.size());
+    const auto sinks = std::count_if(fk.begin(), fk.end(), [](double m) { return m > 0.3; });
+    r.first_key_sink_heads.push_back(fk.empty() ? 0.0 : double(sinks) / fk.size());
+  }
   return r;
 }
 
@@ -266,7 +290,9 @@ train_result train(const train_config& cfg, const dataset& data, const run_optio
   const fs::path dir(opts.out_dir);
   const std::string log_path = (dir / "log.csv").string();
   const std::string imp_path = (dir / "importance.csv").string();
-  std::ofstream log_csv, imp_csv;
+  const std::string collapse_path = (dir / "collapse.csv").string();
+  const std::string val_imp_path = (dir / "val_importance.csv").string();
+  std::ofstream log_csv, imp_csv, collapse_csv, val_imp_csv;
   if (writer) {
     std::error_code ec;
     fs::create_directories(dir, ec);
@@ -274,8 +300,12 @@ train_result train(const train_config& cfg, const dataset& data, const run_optio
     write_file_atomic((dir / "config.txt").string(), config_to_text(cfg));
     keep_rows_through(log_path, k_log_header, start);
     keep_rows_through(imp_path, k_importance_header, start);
+    keep_rows_through(collapse_path, k_collapse_header, start);
+    keep_rows_through(val_imp_path, k_val_importance_header, start);
     log_csv.open(log_path, std::ios::app);
     imp_csv.open(imp_path, std::ios::app);
+    collapse_csv.open(collapse_path, std::ios::app);
+    val_imp_csv.open(val_imp_path, std::ios::app);
   }
 
   const auto save = [&](int step) {
@@ -347,7 +377,9 @@ train_result train(const train_config& cfg, const dataset& data, const run_optio
     bar.update(
         opts.progress_offset + (done - start),
         label + " | loss " + fixed(sr.total_loss(), 3) + " | CV " + fixed(sr.balance.mean_cv, 3));
-    if (done % log_every == 0 || done == end) {
+    // Log steps are fixed by the run, not by where this call stops (a stopped and resumed
+    // run logs the same steps as one that was not).
+    if (done % log_every == 0 || done == cfg.steps) {
       // Data parallel: the ranks must hold identical parameters (same reduced gradient, same
       // AdamW step); a cheap check of that, every log step.
       if (dp && !dp->same_on_all_ranks(params_crc(model.params)))
@@ -365,8 +397,21 @@ train_result train(const train_config& cfg, const dataset& data, const run_optio
                     mean_effective_heads(ev.balance), tps);
       if (writer) {
         log_csv << row;
+        for (std::size_t l = 0; l < ev.balance.layers.size(); ++l) {
+          const auto& layer = ev.balance.layers[l];
+          std::snprintf(row, sizeof row, "%d,%zu,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f\n", done, l,
+                        layer.cv, layer.effective_heads, ev.dormant_below_01[l],
+                        ev.dormant_below_02[l], ev.first_key_mass[l], ev.first_key_sink_heads[l]);
+          collapse_csv << row;
+          for (std::size_t h = 0; h < layer.importance.size(); ++h) {
+            std::snprintf(row, sizeof row, "%d,%zu,%zu,%.6f\n", done, l, h, layer.importance[h]);
+            val_imp_csv << row;
+          }
+        }
         log_csv.flush();
         imp_csv.flush();
+        collapse_csv.flush();
+        val_imp_csv.flush();
       }
       std::ostringstream line;
       line << "[" << label << "] step " << done << "/" << cfg.steps << "  loss "
