@@ -5,8 +5,8 @@
 // path's exp and tile products run here against the fp64 oracle whatever flags the other suites
 // get (SINKMOE_NATIVE). Skipped on a CPU without the instructions.
 #define BOOST_TEST_MODULE host_vector_paths
-#include <boost/test/unit_test.hpp>
 #include <algorithm>
+#include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <limits>
 #include <random>

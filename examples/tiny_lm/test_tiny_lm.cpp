@@ -455,7 +455,8 @@ BOOST_AUTO_TEST_CASE(study_runs_end_to_end_and_resumes_to_the_same_report) {
   const command_result once = run_exe(plan + " --out '" + whole.string() + "'", dir);
   BOOST_TEST_REQUIRE(once.code == 0, once.err);
   BOOST_TEST(once.out.find("tiny_lm study: done") != std::string::npos);
-  const command_result first = run_exe(plan + " --stop-after 5 --out '" + split.string() + "'", dir);
+  const command_result first =
+      run_exe(plan + " --stop-after 5 --out '" + split.string() + "'", dir);
   BOOST_TEST_REQUIRE(first.code == 0, first.err);
   BOOST_TEST(first.out.find("stopped") != std::string::npos);
   BOOST_TEST(!fs::exists(split / "study.md"));
@@ -468,8 +469,7 @@ BOOST_AUTO_TEST_CASE(study_runs_end_to_end_and_resumes_to_the_same_report) {
   BOOST_TEST_REQUIRE(last.code == 0, last.err);
   BOOST_TEST(last.out.find("resuming at step 3") != std::string::npos, last.out);
   for (const char* file : {"study.md", "study_runs.csv", "study_layers.csv", "cv.svg",
-                           "effective_heads.svg", "dormant.svg", "first_token.svg",
-                           "heatmaps.svg"})
+                           "effective_heads.svg", "dormant.svg", "first_token.svg", "heatmaps.svg"})
     BOOST_TEST(slurp(split / file) == slurp(whole / file), file << " differs after resuming");
   const std::string runs = slurp(whole / "study_runs.csv");
   BOOST_TEST(std::count(runs.begin(), runs.end(), '\n') == 5);  // header + 4 runs
@@ -480,8 +480,7 @@ BOOST_AUTO_TEST_CASE(study_runs_end_to_end_and_resumes_to_the_same_report) {
   BOOST_TEST(std::count(collapse.begin(), collapse.end(), '\n') == 1 + 3);  // steps 2, 4, 6
 
   // The same folder with another plan: refused, nothing touched.
-  const command_result other =
-      run_exe(plan + " --lr 0.02 --out '" + whole.string() + "'", dir);
+  const command_result other = run_exe(plan + " --lr 0.02 --out '" + whole.string() + "'", dir);
   BOOST_TEST(other.code == 2);
   BOOST_TEST(other.err.find("holds another study") != std::string::npos, other.err);
 }

@@ -228,14 +228,13 @@ parsed_args parse_args(int argc, const char* const* argv) {
                          : a.mode == "study"   ? spec->study
                                                : spec->report;
     if (!allowed)
-      throw usage_error(
-          arg + " is not a flag of " + a.mode +
-          (arg == "--mechanism" && a.mode == "compare"
-               ? " (compare always runs vanilla, sink and gated)"
-           : a.mode == "study" && (arg == "--mechanism" || arg == "--lambda" ||
-                                   arg == "--shared-heads" || arg == "--seed")
-               ? " (study takes lists: --mechanisms, --lambdas, --shared, --seeds)"
-               : ""));
+      throw usage_error(arg + " is not a flag of " + a.mode +
+                        (arg == "--mechanism" && a.mode == "compare"
+                             ? " (compare always runs vanilla, sink and gated)"
+                         : a.mode == "study" && (arg == "--mechanism" || arg == "--lambda" ||
+                                                 arg == "--shared-heads" || arg == "--seed")
+                             ? " (study takes lists: --mechanisms, --lambdas, --shared, --seeds)"
+                             : ""));
     if (a.has(arg)) throw usage_error(arg + " is given twice");
     if (spec->value) {
       if (!inline_value) {
@@ -592,8 +591,8 @@ std::vector<std::string> split_list(const std::string& flag, const std::string& 
 study_plan plan_from_args(const parsed_args& a) {
   study_plan plan;
   plan.base = config_from_args(a);
-  const std::string mechanisms = a.has("--mechanisms") ? a.values.at("--mechanisms")
-                                                       : "vanilla,sink,gated";
+  const std::string mechanisms =
+      a.has("--mechanisms") ? a.values.at("--mechanisms") : "vanilla,sink,gated";
   for (const std::string& m : split_list("--mechanisms", mechanisms)) {
     const auto parsed = parse_mechanism(m);
     if (!parsed) throw usage_error("--mechanisms: unknown mechanism '" + m + "'");
@@ -601,27 +600,26 @@ study_plan plan_from_args(const parsed_args& a) {
       throw usage_error("--mechanisms: '" + m + "' is listed twice");
     plan.mechanisms.push_back(*parsed);
   }
-  for (const std::string& l : split_list("--lambdas", a.has("--lambdas") ? a.values.at("--lambdas")
-                                                                          : "0,0.01,0.1")) {
+  for (const std::string& l :
+       split_list("--lambdas", a.has("--lambdas") ? a.values.at("--lambdas") : "0,0.01,0.1")) {
     const double lambda = parse_real("--lambdas", l);
     if (!(lambda >= 0)) throw usage_error("--lambdas " + l + ": must be >= 0");
     plan.lambdas.push_back(lambda);
   }
-  if (plan.lambdas.front() != 0 ||
-      std::count(plan.lambdas.begin(), plan.lambdas.end(), 0.0) != 1)
+  if (plan.lambdas.front() != 0 || std::count(plan.lambdas.begin(), plan.lambdas.end(), 0.0) != 1)
     throw usage_error("--lambdas: the first value must be 0 (the baseline), and only the first");
   if (!std::is_sorted(plan.lambdas.begin(), plan.lambdas.end()) ||
       std::adjacent_find(plan.lambdas.begin(), plan.lambdas.end()) != plan.lambdas.end())
     throw usage_error("--lambdas: values must increase");
-  for (const std::string& m : split_list("--shared", a.has("--shared") ? a.values.at("--shared")
-                                                                        : "0,1")) {
+  for (const std::string& m :
+       split_list("--shared", a.has("--shared") ? a.values.at("--shared") : "0,1")) {
     const int shared = int(parse_integer("--shared", m, 0, plan.base.model.heads - 1));
     if (!plan.shared_heads.empty() && shared <= plan.shared_heads.back())
       throw usage_error("--shared: values must increase");
     plan.shared_heads.push_back(shared);
   }
-  for (const std::string& s : split_list("--seeds", a.has("--seeds") ? a.values.at("--seeds")
-                                                                      : "1,2,3")) {
+  for (const std::string& s :
+       split_list("--seeds", a.has("--seeds") ? a.values.at("--seeds") : "1,2,3")) {
     const auto seed = static_cast<std::uint64_t>(
         parse_integer("--seeds", s, 0, std::numeric_limits<long long>::max()));
     if (std::find(plan.seeds.begin(), plan.seeds.end(), seed) != plan.seeds.end())
@@ -646,10 +644,11 @@ int run_study(const parsed_args& a) {
   resolve_threads(a, opts.train);
   opts.train.plain_log = !::isatty(STDOUT_FILENO);
   const std::size_t runs = plan_runs(plan).size();
-  std::printf("tiny_lm study: %zu runs (%zu mechanisms x %zu seeds x lambda/shared); %s; %d steps "
-              "each; data: %s; output: %s\n",
-              runs, plan.mechanisms.size(), plan.seeds.size(), describe_shape(plan.base).c_str(),
-              plan.base.steps, data.describe().c_str(), opts.dir.c_str());
+  std::printf(
+      "tiny_lm study: %zu runs (%zu mechanisms x %zu seeds x lambda/shared); %s; %d steps "
+      "each; data: %s; output: %s\n",
+      runs, plan.mechanisms.size(), plan.seeds.size(), describe_shape(plan.base).c_str(),
+      plan.base.steps, data.describe().c_str(), opts.dir.c_str());
   std::fflush(stdout);
   if (!tiny_lm::run_study(plan, data, opts)) {
     std::printf("tiny_lm study: stopped (--stop-after); run the same command again to continue\n");
@@ -710,8 +709,9 @@ int run_report(const parsed_args& a) {
 int cli_main(int argc, const char* const* argv) {
   try {
     if (argc < 2) {
-      std::fputs("usage: tiny_lm compare|train|study|report [flags]   (tiny_lm --help for details)\n",
-                 stderr);
+      std::fputs(
+          "usage: tiny_lm compare|train|study|report [flags]   (tiny_lm --help for details)\n",
+          stderr);
       return k_exit_usage;
     }
     const std::string mode = argv[1];

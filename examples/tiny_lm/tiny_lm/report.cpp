@@ -65,6 +65,19 @@ std::string xml_escape(const std::string& s) {
   return out;
 }
 
+// The <svg> element, a white background and the figure's title and subtitle.
+void svg_begin(std::ostringstream& os, int width, int height, int pad, const std::string& title,
+               const std::string& subtitle) {
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+     << "\" viewBox=\"0 0 " << width << ' ' << height
+     << "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
+  os << "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
+  os << "<text x=\"" << pad << "\" y=\"28\" font-size=\"18\" font-weight=\"bold\" fill=\"#222\">"
+     << xml_escape(title) << "</text>\n";
+  os << "<text x=\"" << pad << "\" y=\"48\" font-size=\"12\" fill=\"#555\">" << xml_escape(subtitle)
+     << "</text>\n";
+}
+
 std::string arrow(double base, double balanced, int decimals) {
   return fixed(base, decimals) + " -> " + fixed(balanced, decimals);
 }
@@ -133,14 +146,7 @@ std::string heatmap_svg(const std::vector<heatmap_panel>& panels, int columns,
   const int height = top + rows * panel_h + (rows - 1) * 8 + bar_h + pad;
 
   std::ostringstream os;
-  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
-     << "\" viewBox=\"0 0 " << width << ' ' << height
-     << "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
-  os << "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
-  os << "<text x=\"" << pad << "\" y=\"28\" font-size=\"18\" font-weight=\"bold\" fill=\"#222\">"
-     << xml_escape(title) << "</text>\n";
-  os << "<text x=\"" << pad << "\" y=\"48\" font-size=\"12\" fill=\"#555\">" << xml_escape(subtitle)
-     << "</text>\n";
+  svg_begin(os, width, height, pad, title, subtitle);
 
   for (std::size_t p = 0; p < panels.size(); ++p) {
     const int px = pad + static_cast<int>(p % columns) * (panel_w + pad);
@@ -216,14 +222,7 @@ std::string line_chart_svg(const std::vector<chart_panel>& panels, const std::st
   const int width = pad * 2 + columns * panel_w + (columns - 1) * pad;
   const int height = top + rows * panel_h + legend_h + pad;
   std::ostringstream os;
-  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
-     << "\" viewBox=\"0 0 " << width << ' ' << height
-     << "\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n";
-  os << "<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
-  os << "<text x=\"" << pad << "\" y=\"28\" font-size=\"18\" font-weight=\"bold\" fill=\"#222\">"
-     << xml_escape(title) << "</text>\n";
-  os << "<text x=\"" << pad << "\" y=\"48\" font-size=\"12\" fill=\"#555\">" << xml_escape(subtitle)
-     << "</text>\n";
+  svg_begin(os, width, height, pad, title, subtitle);
   for (std::size_t p = 0; p < panels.size(); ++p) {
     const int px = pad + static_cast<int>(p % columns) * (panel_w + pad);
     const int py = top + static_cast<int>(p / columns) * panel_h;
@@ -244,8 +243,8 @@ std::string line_chart_svg(const std::vector<chart_panel>& panels, const std::st
     os << "<g transform=\"translate(" << px << ',' << py << ")\">\n";
     os << "<text x=\"" << left << "\" y=\"18\" font-size=\"14\" font-weight=\"bold\" fill=\"#222\">"
        << xml_escape(panels[p].title) << "</text>\n";
-    os << "<rect x=\"" << left << "\" y=\"" << top_gap << "\" width=\"" << plot_w
-       << "\" height=\"" << plot_h << "\" fill=\"none\" stroke=\"#bbb\"/>\n";
+    os << "<rect x=\"" << left << "\" y=\"" << top_gap << "\" width=\"" << plot_w << "\" height=\""
+       << plot_h << "\" fill=\"none\" stroke=\"#bbb\"/>\n";
     for (int t = 0; t <= 4; ++t) {  // grid and tick labels
       const double yv = y0 + (y1 - y0) * t / 4, xv = x0 + (x1 - x0) * t / 4;
       os << "<line x1=\"" << left << "\" x2=\"" << left + plot_w << "\" y1=\"" << sy(yv)
@@ -269,7 +268,8 @@ std::string line_chart_svg(const std::vector<chart_panel>& panels, const std::st
       std::ostringstream band, line;
       for (std::size_t i = 0; i < s.x.size(); ++i) band << sx(s.x[i]) << ',' << sy(s.hi[i]) << ' ';
       for (std::size_t i = s.x.size(); i-- > 0;) band << sx(s.x[i]) << ',' << sy(s.lo[i]) << ' ';
-      for (std::size_t i = 0; i < s.x.size(); ++i) line << sx(s.x[i]) << ',' << sy(s.mean[i]) << ' ';
+      for (std::size_t i = 0; i < s.x.size(); ++i)
+        line << sx(s.x[i]) << ',' << sy(s.mean[i]) << ' ';
       os << "<polygon points=\"" << band.str() << "\" fill=\"" << color
          << "\" fill-opacity=\"0.15\" stroke=\"none\"/>\n";
       os << "<polyline points=\"" << line.str() << "\" fill=\"none\" stroke=\"" << color

@@ -289,7 +289,8 @@ bool run_study(const study_plan& plan, const dataset& data, const study_options&
   const fs::path plan_path = fs::path(opts.dir) / "study.txt";
   if (fs::exists(plan_path)) {
     std::ifstream in(plan_path);
-    const std::string stored((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string stored((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
     if (stored != text)
       throw usage_error("--out " + opts.dir +
                         " holds another study (its study.txt differs from these flags); use a "
@@ -368,12 +369,12 @@ void write_study_report(const study_plan& plan, const std::string& dir) {
                 "first_key_sink_heads\n";
   char row[512];
   for (const run_record& r : records) {
-    std::snprintf(row, sizeof row, "%s,%s,%g,%d,%llu,%.6f,%.6f,%.6f,%lld,%.6f,%.4f,%.4f,%.4f,%.6f,%d\n",
-                  r.name.c_str(), name_of(r.mech), r.lambda, r.shared,
-                  static_cast<unsigned long long>(r.seed), r.val_loss, r.accuracy,
-                  r.recall_accuracy, r.answers, r.mean_cv(), r.min_effective_heads(),
-                  r.max_dormant(false), r.max_dormant(true), r.mean_first_key_mass(),
-                  r.collapsed() ? 1 : 0);
+    std::snprintf(
+        row, sizeof row, "%s,%s,%g,%d,%llu,%.6f,%.6f,%.6f,%lld,%.6f,%.4f,%.4f,%.4f,%.6f,%d\n",
+        r.name.c_str(), name_of(r.mech), r.lambda, r.shared,
+        static_cast<unsigned long long>(r.seed), r.val_loss, r.accuracy, r.recall_accuracy,
+        r.answers, r.mean_cv(), r.min_effective_heads(), r.max_dormant(false), r.max_dormant(true),
+        r.mean_first_key_mass(), r.collapsed() ? 1 : 0);
     runs_csv << row;
     for (std::size_t l = 0; l < r.layers.size(); ++l) {
       const auto& L = r.layers[l];
@@ -395,7 +396,8 @@ void write_study_report(const study_plan& plan, const std::string& dir) {
   md << ".\n\nValidation metrics of the final models, mean ± sample std over seeds. Recall: "
         "accuracy on the recall answers (chance 10%), with its binomial standard error. Min "
         "eff. heads: the layer with the fewest effective heads (of "
-     << heads << "). Dormant: share of heads with importance below 0.1 / 0.2 in the worst "
+     << heads
+     << "). Dormant: share of heads with importance below 0.1 / 0.2 in the worst "
         "layer. Collapsed: the paper's definition (a dormant head in some layer, or fewer "
         "than "
      << fixed(0.75 * heads, 1) << " effective heads), in how many seeds.\n";
@@ -452,15 +454,16 @@ void write_study_report(const study_plan& plan, const std::string& dir) {
            << fixed(r.min_effective_heads() - b.min_effective_heads(), 2) << " |\n";
       }
       md << "| " << key.label() << " | mean ± std | " << pm(spread_of(dl), 4) << " | "
-         << pm(spread_of(dr), 1, 100) << " | | lower val loss in " << better << " of "
-         << dl.size() << " seeds |\n";
+         << pm(spread_of(dr), 1, 100) << " | | lower val loss in " << better << " of " << dl.size()
+         << " seeds |\n";
     }
   }
   md << "\nCurves: `cv.svg` (mean CV over layers), `effective_heads.svg` (the layer with the "
         "fewest effective heads), `dormant.svg` (the layer with the most dormant heads), "
         "`first_token.svg` (mean attention on the first token); lines are the mean over seeds, "
         "bands the range. `heatmaps.svg`: final importance of seed "
-     << plan.seeds.front() << ". Per run: `study_runs.csv`, `study_layers.csv`, and the run "
+     << plan.seeds.front()
+     << ". Per run: `study_runs.csv`, `study_layers.csv`, and the run "
         "folders in `runs/` (log.csv, collapse.csv, importance.csv, val_importance.csv).\n";
   write_file_atomic((fs::path(dir) / "study.md").string(), md.str());
 
@@ -503,10 +506,10 @@ void write_study_report(const study_plan& plan, const std::string& dir) {
       panels.push_back({std::string(title_of(key.mech)) + ", " + key.label(), rep});
     }
   const int columns = std::max<int>(1, static_cast<int>(panels.size() / plan.mechanisms.size()));
-  write_file_atomic((fs::path(dir) / "heatmaps.svg").string(),
-                    heatmap_svg(panels, columns, "Head importance, seed " +
-                                                     std::to_string(plan.seeds.front()),
-                                describe_shape(base)));
+  write_file_atomic(
+      (fs::path(dir) / "heatmaps.svg").string(),
+      heatmap_svg(panels, columns, "Head importance, seed " + std::to_string(plan.seeds.front()),
+                  describe_shape(base)));
 }
 
 }  // namespace tiny_lm

@@ -44,8 +44,8 @@ std::string plan_text(const study_plan& plan);
 /// How a study runs: output folder, training options shared by every run, and where to stop.
 struct study_options {
   std::string dir;
-  run_options train;    ///< threads, log/checkpoint cadence (out_dir is set per run)
-  int stop_after = 0;   ///< stop once this many optimiser steps ran in this call (0: never)
+  run_options train;   ///< threads, log/checkpoint cadence (out_dir is set per run)
+  int stop_after = 0;  ///< stop once this many optimiser steps ran in this call (0: never)
   int val_sequences = 0;
 };
 

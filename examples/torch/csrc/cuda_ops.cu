@@ -71,6 +71,16 @@ void with_cuda_element(const at::Tensor& q, Fn&& fn) {
                    "; the CUDA operator takes torch.bfloat16 or torch.float16");
 }
 
+/// body(type_tag<Attn>{}, type_tag<element>{}) for the configuration and q's dtype, with
+/// sinkmoe::error rethrown as a Python ValueError.
+template <class Mask, class Body>
+void with_cuda_kernel(const config& c, const at::Tensor& q, Body&& body) {
+  with_cuda_attention<Mask>(c, [&](auto attn) {
+    with_cuda_element(q,
+                      [&](auto element) { rethrow_as_value_error([&] { body(attn, element); }); });
+  });
+}
+
 /// One cuBLASLt context per device, kept for the process (handle, plan cache, workspace).
 sinkmoe::blaslt::context& blas_context() {
   static std::mutex mutex;
@@ -111,62 +121,50 @@ class unfused_workspace {
 template <class Mask>
 void forward_cuda(const config& c, const batch_layout& layout, const forward_tensors& f,
                   bool unfused) {
-  with_cuda_attention<Mask>(c, [&](auto attn) {
+  with_cuda_kernel<Mask>(c, f.q, [&](auto attn, auto element) {
     using Attn = typename decltype(attn)::type;
-    with_cuda_element(f.q, [&](auto element) {
-      using E = typename decltype(element)::type;
-      rethrow_as_value_error([&] {
-        const sinkmoe::exec::cuda ex{at::cuda::getCurrentCUDAStream().stream()};
-        const sinkmoe::forward_args<E> fa = make_forward_args<E>(c, layout, f);
-        if (unfused) {
-          const unfused_workspace ws(Attn::validate(fa), sinkmoe::unfused::pass::forward, sizeof(E),
-                                     f.q);
-          sinkmoe::unfused::cuda_forward<Attn>(blas_context(), ex, fa, ws.get());
-        } else {
-          Attn::forward(ex, fa);
-        }
-      });
-    });
+    using E = typename decltype(element)::type;
+    const sinkmoe::exec::cuda ex{at::cuda::getCurrentCUDAStream().stream()};
+    const sinkmoe::forward_args<E> fa = make_forward_args<E>(c, layout, f);
+    if (unfused) {
+      const unfused_workspace ws(Attn::validate(fa), sinkmoe::unfused::pass::forward, sizeof(E),
+                                 f.q);
+      sinkmoe::unfused::cuda_forward<Attn>(blas_context(), ex, fa, ws.get());
+    } else {
+      Attn::forward(ex, fa);
+    }
   });
 }
 
 template <class Mask>
 void backward_cuda(const config& c, const batch_layout& layout, const forward_tensors& f,
                    const backward_tensors& g, bool unfused) {
-  with_cuda_attention<Mask>(c, [&](auto attn) {
+  with_cuda_kernel<Mask>(c, f.q, [&](auto attn, auto element) {
     using Attn = typename decltype(attn)::type;
-    with_cuda_element(f.q, [&](auto element) {
-      using E = typename decltype(element)::type;
-      rethrow_as_value_error([&] {
-        const sinkmoe::exec::cuda ex{at::cuda::getCurrentCUDAStream().stream()};
-        const sinkmoe::forward_args<E> fa = make_forward_args<E>(c, layout, f);
-        const auto ba = make_backward_args<Attn, E>(c, g);
-        if (unfused) {
-          const unfused_workspace ws(Attn::validate(fa, ba), sinkmoe::unfused::pass::backward,
-                                     sizeof(E), f.q);
-          sinkmoe::unfused::cuda_backward<Attn>(blas_context(), ex, fa, ba, ws.get());
-        } else {
-          const std::size_t bytes = sinkmoe::fused::cuda_backward_workspace_bytes<Attn>(ex, fa, ba);
-          const at::Tensor buffer = workspace_tensor(bytes, f.q);
-          sinkmoe::fused::cuda_backward<Attn>(ex, fa, ba, aligned_256(buffer), bytes);
-        }
-      });
-    });
+    using E = typename decltype(element)::type;
+    const sinkmoe::exec::cuda ex{at::cuda::getCurrentCUDAStream().stream()};
+    const sinkmoe::forward_args<E> fa = make_forward_args<E>(c, layout, f);
+    const auto ba = make_backward_args<Attn, E>(c, g);
+    if (unfused) {
+      const unfused_workspace ws(Attn::validate(fa, ba), sinkmoe::unfused::pass::backward,
+                                 sizeof(E), f.q);
+      sinkmoe::unfused::cuda_backward<Attn>(blas_context(), ex, fa, ba, ws.get());
+    } else {
+      const std::size_t bytes = sinkmoe::fused::cuda_backward_workspace_bytes<Attn>(ex, fa, ba);
+      const at::Tensor buffer = workspace_tensor(bytes, f.q);
+      sinkmoe::fused::cuda_backward<Attn>(ex, fa, ba, aligned_256(buffer), bytes);
+    }
   });
 }
 
 template <class Mask>
 void counted_cuda(const config& c, const batch_layout& host_layout, const forward_tensors& f,
                   const at::Tensor& counted_host) {
-  with_cuda_attention<Mask>(c, [&](auto attn) {
+  with_cuda_kernel<Mask>(c, f.q, [&](auto attn, auto element) {
     using Attn = typename decltype(attn)::type;
-    with_cuda_element(f.q, [&](auto element) {
-      using E = typename decltype(element)::type;
-      rethrow_as_value_error([&] {
-        Attn::counted_tokens(make_forward_args<E>(c, host_layout, f),
-                             view<std::uint8_t, 2>(counted_host, "counted"));
-      });
-    });
+    using E = typename decltype(element)::type;
+    Attn::counted_tokens(make_forward_args<E>(c, host_layout, f),
+                         view<std::uint8_t, 2>(counted_host, "counted"));
   });
 }
 
