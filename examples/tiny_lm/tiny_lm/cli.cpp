@@ -645,10 +645,10 @@ int run_study(const parsed_args& a) {
   opts.train.plain_log = !::isatty(STDOUT_FILENO);
   const std::size_t runs = plan_runs(plan).size();
   std::printf(
-      "tiny_lm study: %zu runs (%zu mechanisms x %zu seeds x lambda/shared); %s; %d steps "
-      "each; data: %s; output: %s\n",
-      runs, plan.mechanisms.size(), plan.seeds.size(), describe_shape(plan.base).c_str(),
-      plan.base.steps, data.describe().c_str(), opts.dir.c_str());
+      "tiny_lm study: %zu runs (%zu mechanisms x %zu seeds x lambda/shared); %s; data: %s; "
+      "output: %s\n",
+      runs, plan.mechanisms.size(), plan.seeds.size(), describe_model(plan.base).c_str(),
+      data.describe().c_str(), opts.dir.c_str());
   std::fflush(stdout);
   if (!tiny_lm::run_study(plan, data, opts)) {
     std::printf("tiny_lm study: stopped (--stop-after); run the same command again to continue\n");

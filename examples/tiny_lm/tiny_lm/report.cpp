@@ -97,14 +97,18 @@ std::string fixed(double x, int decimals) {
   return buf;
 }
 
-std::string describe_shape(const train_config& cfg) {
+std::string describe_model(const train_config& cfg) {
   const model_config& m = cfg.model;
   std::ostringstream os;
   os << m.layers << " layers x " << m.heads << " heads (head dim " << m.head_dim() << "), width "
      << m.width << ", seq " << m.seq;
   if (m.window > 0) os << ", window " << m.window << " on even layers";
-  os << ", batch " << cfg.batch << ", " << cfg.steps << " steps, seed " << cfg.seed;
+  os << ", batch " << cfg.batch << ", " << cfg.steps << " steps";
   return os.str();
+}
+
+std::string describe_shape(const train_config& cfg) {
+  return describe_model(cfg) + ", seed " + std::to_string(cfg.seed);
 }
 
 std::string terminal_heatmap(const sinkmoe::balance::report& rep, bool color,

@@ -80,6 +80,8 @@ std::string compare_markdown(const std::vector<std::pair<run_summary, run_summar
 
 /// The one-line config description used in titles ("2 layers x 8 heads, width 64, ...").
 std::string describe_shape(const train_config& cfg);
+/// The same without the seed, for what several seeds share (a study).
+std::string describe_model(const train_config& cfg);
 
 /// "1.234" style formatting helpers.
 std::string fixed(double x, int decimals);

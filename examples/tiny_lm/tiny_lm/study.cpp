@@ -390,8 +390,7 @@ void write_study_report(const study_plan& plan, const std::string& dir) {
   // ---- Markdown ----
   std::ostringstream md;
   md << "# tiny_lm study: head collapse and sink-aware balancing\n\n"
-     << describe_shape(base) << "; " << base.steps << " steps of " << base.batch << " x "
-     << base.model.seq << " tokens, lr " << format_real(base.lr) << "; seeds";
+     << describe_model(base) << ", lr " << format_real(base.lr) << "; seeds";
   for (const auto s : plan.seeds) md << ' ' << s;
   md << ".\n\nValidation metrics of the final models, mean ± sample std over seeds. Recall: "
         "accuracy on the recall answers (chance 10%), with its binomial standard error. Min "
@@ -479,7 +478,7 @@ void write_study_report(const study_plan& plan, const std::string& dir) {
     }
     write_file_atomic((fs::path(dir) / file).string(),
                       line_chart_svg(panels, title,
-                                     describe_shape(base) + "; validation, every log step; " +
+                                     describe_model(base) + "; validation, every log step; " +
                                          std::to_string(plan.seeds.size()) + " seeds",
                                      "step", y_label));
   };
@@ -509,7 +508,7 @@ void write_study_report(const study_plan& plan, const std::string& dir) {
   write_file_atomic(
       (fs::path(dir) / "heatmaps.svg").string(),
       heatmap_svg(panels, columns, "Head importance, seed " + std::to_string(plan.seeds.front()),
-                  describe_shape(base)));
+                  describe_model(base)));
 }
 
 }  // namespace tiny_lm
