@@ -67,15 +67,32 @@ void mask_tile(const Mask& mask, int q0, int rows, int k0, int cols, F* st) {
   }
 }
 
+/// Asks for the cache line at p to be brought into L2. An asm statement on x86: GCC 12 deletes a
+/// loop nest whose only statements are __builtin_prefetch (prefetch_rows below compiled to
+/// nothing, and the gate logits it was written for arrived only on demand).
+inline void prefetch_l2(const void* p) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+#elif defined(__GNUC__)
+  __builtin_prefetch(p, 0, 2);
+#else
+  (void)p;
+#endif
+}
+
 /// Asks for rows [row0, row0 + rows) of one head of x (n elements each) to be brought into L2.
 template <class T>
 void prefetch_rows(const tensor_view<const T, 4>& x, int b, int row0, int rows, int head, int n) {
   const std::size_t row_bytes = static_cast<std::size_t>(n) * sizeof(T);
   for (int i = 0; i < rows; ++i) {
     const char* row = reinterpret_cast<const char*>(&x(b, row0 + i, head, 0));
-    for (std::size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(row + off, 0, 2);
+    for (std::size_t off = 0; off < row_bytes; off += 64) prefetch_l2(row + off);
   }
 }
+
+/// K and V bytes a task may still stream after prefetching its gate logits (an eighth of a 2 MiB
+/// L2).
+inline constexpr int k_gate_prefetch_bytes = 256 * 1024;
 
 /// Reads one row's gate logits (gate_dim values) as F. Copied even when T is F: reading the
 /// tensor in place measured 10% slower (gated forward, T = 512).
@@ -186,10 +203,19 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
     detail::load_rows_transposed<BQ>(a.q, b, span.q_begin + q0, rows, h, d, dp, q_factor, qt_tile);
     std::fill(o_acc, o_acc + BQ * dp, F(0));
 
-    if constexpr (Gate::enabled)  // into L2 while the key tiles run: the epilogue reads them
-      detail::prefetch_rows(a.gate_logits, b, span.q_begin + q0, rows, h, shape.gate_dim);
     const key_tile_walk<Mask> tiles(mask, q0, q0 + rows, span.tk, BK);
+    // The epilogue's gate logits go into L2 while the last key tiles run, once at most
+    // k_gate_prefetch_bytes of K and V remain to stream: any earlier, a long row's K and V stream
+    // could evict them again before the epilogue reads them.
+    const int gate_prefetch_k0 =
+        tiles.end() -
+        std::max(1, detail::k_gate_prefetch_bytes / (2 * BK * dp * int(sizeof(F)))) * BK;
+    bool gate_prefetched = !Gate::enabled;
     for (int k0 = tiles.first(); tiles.visits(k0); k0 = tiles.next(k0)) {
+      if (!gate_prefetched && k0 >= gate_prefetch_k0) {
+        detail::prefetch_rows(a.gate_logits, b, span.q_begin + q0, rows, h, shape.gate_dim);
+        gate_prefetched = true;
+      }
       const int cols = tiles.cols(k0);
       const tile_kind kind = tiles.kind(k0);
       const std::size_t packed_at =
