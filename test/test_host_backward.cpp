@@ -692,6 +692,86 @@ BOOST_AUTO_TEST_CASE(split_schedule_is_bitwise_the_per_head_schedule) {
   }
 }
 
+// Tiles the mask cuts run the tile products only over the scores some query sees and the keys
+// in each row's hull (host/forward.hpp, host/backward.hpp). Two custom masks with causal's
+// visibility send every tile down that path: one classifies every non-empty tile as partial,
+// the other also gives the loosest legal hull (every key). Both skip different sets of exactly-
+// zero terms than mask::causal does, so all three must agree bit for bit, on both backward
+// schedules.
+template <bool LooseHull>
+struct causal_all_cut {
+  static constexpr const char* name = "causal_all_cut";
+  sinkmoe::mask::causal inner;
+  int tk = 0;
+  causal_all_cut(const sinkmoe::attention_params& p, sinkmoe::index_t tq, sinkmoe::index_t tk_)
+      : inner(p, tq, tk_), tk(static_cast<int>(tk_)) {}
+  bool visible(int t, int j) const { return inner.visible(t, j); }
+  sinkmoe::key_span key_range(int t) const {
+    return LooseHull ? sinkmoe::key_span{0, tk} : inner.key_range(t);
+  }
+  sinkmoe::tile_kind tile_class(int q0, int q1, int k0, int k1) const {
+    return inner.tile_class(q0, q1, k0, k1) == sinkmoe::tile_kind::empty
+               ? sinkmoe::tile_kind::empty
+               : sinkmoe::tile_kind::partial;
+  }
+  static void validate(const sinkmoe::attention_params& p) { sinkmoe::mask::causal::validate(p); }
+};
+static_assert(sinkmoe::mask_policy<causal_all_cut<true>>);
+
+template <class Mask>
+std::vector<std::vector<double>> run_sink_attention(int tq, int tk, int threads) {
+  constexpr int H = 2, D = 64;
+  std::mt19937 rng(2303);
+  std::normal_distribution<float> normal(0.0f, 1.5f);
+  auto random = [&](std::size_t n) {
+    std::vector<float> x(n);
+    for (float& e : x) e = normal(rng);
+    return x;
+  };
+  std::vector<float> q = random(std::size_t(tq) * H * D), k = random(std::size_t(tk) * H * D),
+                     v = random(std::size_t(tk) * H * D), sinks = random(H),
+                     dout = random(std::size_t(tq) * H * D);
+  std::vector<float> out(q.size()), lse(std::size_t(H) * tq), router(lse.size()), dq(q.size()),
+      dk(k.size()), dv(v.size()), dsinks(H);
+  using Attn = sinkmoe::attention<sinkmoe::sink::learned, sinkmoe::gate::none, Mask>;
+  sinkmoe::forward_args<float> fa;
+  fa.q = {q.data(), {1, tq, H, D}};
+  fa.k = {k.data(), {1, tk, H, D}};
+  fa.v = {v.data(), {1, tk, H, D}};
+  fa.sinks = {sinks.data(), {H}};
+  fa.out = {out.data(), {1, tq, H, D}};
+  fa.lse = {lse.data(), {1, H, tq}};
+  fa.router = {router.data(), {1, H, tq}};
+  Attn::forward(sinkmoe::exec::host{threads}, fa);
+  sinkmoe::backward_args<float> ba;
+  ba.dout = {dout.data(), {1, tq, H, D}};
+  ba.dq = {dq.data(), {1, tq, H, D}};
+  ba.dk = {dk.data(), {1, tk, H, D}};
+  ba.dv = {dv.data(), {1, tk, H, D}};
+  ba.dsinks = {dsinks.data(), {H}};
+  Attn::backward(sinkmoe::exec::host{threads}, fa, ba);
+  std::vector<std::vector<double>> results;  // widened exactly, for check_bitwise
+  for (const auto* x : {&out, &lse, &router, &dq, &dk, &dv, &dsinks})
+    results.emplace_back(x->begin(), x->end());
+  return results;
+}
+
+BOOST_AUTO_TEST_CASE(cut_tiles_keep_the_bits) {
+  const char* names[] = {"out", "lse", "router", "dq", "dk", "dv", "dsinks"};
+  for (auto [tq, tk] : {std::pair{200, 200}, std::pair{130, 257}, std::pair{257, 100}})
+    for (int threads : {1, 8}) {  // 2 (sequence, head) pairs: 8 threads take the split schedule
+      const auto want = run_sink_attention<sinkmoe::mask::causal>(tq, tk, threads);
+      const auto cut = run_sink_attention<causal_all_cut<false>>(tq, tk, threads);
+      const auto loose = run_sink_attention<causal_all_cut<true>>(tq, tk, threads);
+      BOOST_TEST_CONTEXT("Tq " << tq << " Tk " << tk << " threads " << threads) {
+        for (std::size_t i = 0; i < want.size(); ++i) {
+          ck::check_bitwise(names[i], cut[i], want[i]);
+          ck::check_bitwise(names[i], loose[i], want[i]);
+        }
+      }
+    }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------

@@ -67,6 +67,39 @@ void mask_tile(const Mask& mask, int q0, int rows, int k0, int cols, F* st) {
   }
 }
 
+/// For a tile the mask cuts (keys k0 + j, j < cols, by rows; queries q0 + i, i < rows, along the
+/// columns): per key row j, the columns [col_lo[j], col_hi[j]) spanning the 16-query chunks that
+/// see key j at all. The other chunks are all masked, so the score product may skip them.
+template <int BK, int BQ, class Mask>
+void visible_query_chunks(const Mask& mask, int q0, int rows, int k0, int cols, int* col_lo,
+                          int* col_hi) {
+  for (int j = 0; j < BK; ++j) {
+    int lo = BQ, hi = 0;
+    for (int c0 = 0; j < cols && c0 < rows; c0 += 16) {
+      const int c1 = std::min(c0 + 16, rows);
+      if (mask.tile_class(q0 + c0, q0 + c1, k0 + j, k0 + j + 1) != tile_kind::empty) {
+        lo = std::min(lo, c0);
+        hi = c0 + 16;
+      }
+    }
+    col_lo[j] = lo < hi ? lo : 0;
+    col_hi[j] = lo < hi ? hi : 0;
+  }
+}
+
+/// For a tile the mask cuts: per query row i, the keys [k_lo[i], k_hi[i]) of the tile (relative
+/// to k0) within the hull of the keys it sees. Its probabilities outside are exactly 0, so the
+/// P V product may skip them.
+template <int BQ, class Mask>
+void visible_key_range(const Mask& mask, int q0, int rows, int k0, int cols, int* k_lo, int* k_hi) {
+  for (int i = 0; i < BQ; ++i) {
+    const key_span keys = i < rows ? mask.key_range(q0 + i) : key_span{};
+    const int lo = std::max(keys.begin - k0, 0), hi = std::min(keys.end - k0, cols);
+    k_lo[i] = lo < hi ? lo : 0;
+    k_hi[i] = lo < hi ? hi : 0;
+  }
+}
+
 /// Asks for the cache line at p to be brought into L2. An asm statement on x86: GCC 12 deletes a
 /// loop nest whose only statements are __builtin_prefetch (prefetch_rows below compiled to
 /// nothing, and the gate logits it was written for arrived only on demand).
@@ -222,7 +255,16 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
           (static_cast<std::size_t>(hk) * total_tiles + tile_base[tk_.seq] + k0 / BK) * tile_elems;
       const F* k_tile = k_packed + packed_at;
       const F* v_tile = v_packed + packed_at;
-      detail::tile_matmul_bt<BK, BQ>(k_tile, dp, qt_tile, d, st_tile);
+      // A tile the mask cuts (the causal diagonal) computes only the scores some query sees,
+      // and P V only the keys in each row's hull: the diagonal tile costs about half a tile.
+      alignas(64) int cut_lo[BK > BQ ? BK : BQ], cut_hi[BK > BQ ? BK : BQ];
+      if (kind == tile_kind::partial) {
+        detail::visible_query_chunks<BK, BQ>(mask, q0, rows, k0, cols, cut_lo, cut_hi);
+        detail::tile_matmul_bt_cols<BK, BQ>(k_tile, dp, qt_tile, d, st_tile, cut_lo, cut_hi,
+                                            math::neg_inf<F>());
+      } else {
+        detail::tile_matmul_bt<BK, BQ>(k_tile, dp, qt_tile, d, st_tile);
+      }
 
       if constexpr (!Score::is_linear)
         for (int j = 0; j < cols; ++j)
@@ -234,7 +276,12 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       detail::softmax_tile_columns<BK, BQ>(st_tile, row_max, row_sum, rescale);
       for (int i = 0; i < rows; ++i)
         if (rescale[i] != F(1)) detail::scale_row(o_acc + i * dp, dp, rescale[i]);
-      detail::tile_matmul_at_acc<BQ, BK>(st_tile, v_tile, dp, dp, o_acc);
+      if (kind == tile_kind::partial) {
+        detail::visible_key_range<BQ>(mask, q0, rows, k0, cols, cut_lo, cut_hi);
+        detail::tile_matmul_at_acc_depth<BQ, BK>(st_tile, v_tile, dp, dp, o_acc, cut_lo, cut_hi);
+      } else {
+        detail::tile_matmul_at_acc<BQ, BK>(st_tile, v_tile, dp, dp, o_acc);
+      }
     }
 
     // Epilogue per row: add the sink, normalise, gate, router value (docs/method.md section 2).
