@@ -225,37 +225,28 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
     }
   };
 
-  // Which parts of a pair the mask cuts away (kind == partial: the causal diagonal): per key row
-  // the query columns that see it, per query row the keys in its hull. The pair's products skip
-  // the rest, where P and dS are exactly 0 (forward.hpp does the same), so the diagonal pair
-  // costs about half a pair and every gradient keeps its bits.
-  struct pair_cut {
-    int query_lo[BK], query_hi[BK], key_lo[BQ], key_hi[BQ];
-  };
-
-  // The P and dS of a pair, in pair_st (P^T) and pair_dpt (dS^T), from staged tiles; cut is
-  // filled for a partial pair.
+  // The P and dS of a pair, in pair_st (P^T) and pair_dpt (dS^T), from staged tiles. Returns
+  // where the mask cuts the pair (measured into `measured`), or null for a full pair: its
+  // products skip the rest, where P and dS are exactly 0, so the diagonal pair costs about half
+  // a pair and every gradient keeps its bits (as in forward.hpp).
+  using cut_type = detail::tile_cut<BK, BQ>;
   auto pair_terms = [&](const Mask& mask, const Score& score, const staged& st, int qt, int rows,
                         tile_kind kind, int k0, int cols, const F* k_tile, const F* v_tile,
-                        F* pair_st, F* pair_dpt, pair_cut& cut) {
+                        F* pair_st, F* pair_dpt, cut_type& measured) -> const cut_type* {
     const std::size_t at = st.tile_offset(qt);
     const int q0 = qt * BQ;
+    const cut_type* cut = nullptr;
     if (kind == tile_kind::partial) {
-      detail::visible_query_chunks<BK, BQ>(mask, q0, rows, k0, cols, cut.query_lo, cut.query_hi);
-      detail::visible_key_range<BQ>(mask, q0, rows, k0, cols, cut.key_lo, cut.key_hi);
-      // Skipped scores are masked (-inf, P = 0); skipped dP are set to 0 so that dS = P (dP - D)
-      // stays 0 there.
-      detail::tile_matmul_bt_cols<BK, BQ>(k_tile, dp, st.qt + at, d, pair_st, cut.query_lo,
-                                          cut.query_hi, math::neg_inf<F>());
-      detail::tile_matmul_bt_cols<BK, BQ>(v_tile, dp, st.d_out_t + at, d, pair_dpt, cut.query_lo,
-                                          cut.query_hi, F(0));
-    } else {
-      detail::tile_matmul_bt<BK, BQ>(k_tile, dp, st.qt + at, d, pair_st);
-      detail::tile_matmul_bt<BK, BQ>(v_tile, dp, st.d_out_t + at, d, pair_dpt);
+      detail::measure_cut(mask, q0, rows, k0, cols, measured);
+      cut = &measured;
     }
+    // Skipped scores are masked (-inf, P = 0); skipped dP are 0, so that dS = P (dP - D) stays 0.
+    detail::tile_matmul_bt<BK, BQ>(k_tile, dp, st.qt + at, d, pair_st, cut, math::neg_inf<F>());
+    detail::tile_matmul_bt<BK, BQ>(v_tile, dp, st.d_out_t + at, d, pair_dpt, cut, F(0));
     detail::pair_probabilities<BK, BQ, Sink, Score>(pair_st, pair_dpt, st.lse + q0,
                                                     st.row_term + q0, st.key0_term + q0, mask,
                                                     score, q0, rows, k0, cols, kind);
+    return cut;
   };
 
   // Writes one key tile's dK/dV partials of query head h (zeros for a tile no query sees).
@@ -294,28 +285,18 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
     detail::load_rows<BK>(a.k, b, span.k_begin + k0, cols, hk, d, dp, F(1), k_tile);
     detail::load_rows<BK>(a.v, b, span.k_begin + k0, cols, hk, d, dp, F(1), v_tile);
     std::fill(dk_acc, dk_acc + 2 * BK * dp, F(0));
-    pair_cut cut;
+    cut_type measured;
     for (int qt = query_tiles.next_from(0); qt < query_tiles.tiles();
          qt = query_tiles.next_from(qt + 1)) {
-      const tile_kind kind = query_tiles.kind(qt);
-      pair_terms(mask, score, st, qt, query_tiles.rows(qt), kind, k0, cols, k_tile, v_tile, pair_st,
-                 pair_dpt, cut);
+      const cut_type* cut =
+          pair_terms(mask, score, st, qt, query_tiles.rows(qt), query_tiles.kind(qt), k0, cols,
+                     k_tile, v_tile, pair_st, pair_dpt, measured);
       const std::size_t at = st.tile_offset(qt);
       // dV += P^T dO, dK += dS^T Q (Q carries the scale), dQ += dS K.
-      if (kind == tile_kind::partial) {
-        detail::tile_matmul_acc_depth<BK, BQ>(pair_st, st.d_out + at, dp, dp, dv_acc, cut.query_lo,
-                                              cut.query_hi);
-        detail::tile_matmul_acc_depth<BK, BQ>(pair_dpt, st.q + at, dp, dp, dk_acc, cut.query_lo,
-                                              cut.query_hi);
-        if (dq_acc != nullptr)
-          detail::tile_matmul_at_acc_depth<BQ, BK>(pair_dpt, k_tile, dp, dp, dq_acc + at,
-                                                   cut.key_lo, cut.key_hi);
-      } else {
-        detail::tile_matmul_acc<BK, BQ>(pair_st, st.d_out + at, dp, dp, dv_acc);
-        detail::tile_matmul_acc<BK, BQ>(pair_dpt, st.q + at, dp, dp, dk_acc);
-        if (dq_acc != nullptr)
-          detail::tile_matmul_at_acc<BQ, BK>(pair_dpt, k_tile, dp, dp, dq_acc + at);
-      }
+      detail::tile_matmul_acc<BK, BQ>(pair_st, st.d_out + at, dp, dp, dv_acc, cut);
+      detail::tile_matmul_acc<BK, BQ>(pair_dpt, st.q + at, dp, dp, dk_acc, cut);
+      if (dq_acc != nullptr)
+        detail::tile_matmul_at_acc<BQ, BK>(pair_dpt, k_tile, dp, dp, dq_acc + at, cut);
     }
     store_key_tile(span, h, k0, cols, dk_acc, dv_acc);
   };
@@ -333,18 +314,14 @@ void backward(const exec::host& ex, const forward_args<T>& a, const backward_arg
     const int hk = h / group, b = span.batch_index, q0 = qt * BQ;
     std::fill(dq_tile, dq_tile + BQ * dp, F(0));
     const key_tile_walk<Mask> key_tiles(mask, q0, q0 + rows, span.tk, BK);
-    pair_cut cut;
+    cut_type measured;
     for (int k0 = key_tiles.first(); key_tiles.visits(k0); k0 = key_tiles.next(k0)) {
       const int cols = key_tiles.cols(k0);
       detail::load_rows<BK>(a.k, b, span.k_begin + k0, cols, hk, d, dp, F(1), k_tile);
       detail::load_rows<BK>(a.v, b, span.k_begin + k0, cols, hk, d, dp, F(1), v_tile);
-      const tile_kind kind = key_tiles.kind(k0);
-      pair_terms(mask, score, st, qt, rows, kind, k0, cols, k_tile, v_tile, pair_st, pair_dpt, cut);
-      if (kind == tile_kind::partial)
-        detail::tile_matmul_at_acc_depth<BQ, BK>(pair_dpt, k_tile, dp, dp, dq_tile, cut.key_lo,
-                                                 cut.key_hi);
-      else
-        detail::tile_matmul_at_acc<BQ, BK>(pair_dpt, k_tile, dp, dp, dq_tile);
+      const cut_type* cut = pair_terms(mask, score, st, qt, rows, key_tiles.kind(k0), k0, cols,
+                                       k_tile, v_tile, pair_st, pair_dpt, measured);
+      detail::tile_matmul_at_acc<BQ, BK>(pair_dpt, k_tile, dp, dp, dq_tile, cut);
     }
   };
 

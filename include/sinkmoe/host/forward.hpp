@@ -67,12 +67,12 @@ void mask_tile(const Mask& mask, int q0, int rows, int k0, int cols, F* st) {
   }
 }
 
-/// For a tile the mask cuts (keys k0 + j, j < cols, by rows; queries q0 + i, i < rows, along the
-/// columns): per key row j, the columns [col_lo[j], col_hi[j]) spanning the 16-query chunks that
-/// see key j at all. The other chunks are all masked, so the score product may skip them.
+/// Where the mask cuts a tile (keys k0 + j, j < cols, by rows; queries q0 + i, i < rows, along
+/// the columns): per key row, the 16-query chunks that see it at all (from tile_class); per query
+/// row, the keys of the tile within its hull (from key_range). Outside them every score is
+/// masked and every probability exactly 0, so the tile products may skip them.
 template <int BK, int BQ, class Mask>
-void visible_query_chunks(const Mask& mask, int q0, int rows, int k0, int cols, int* col_lo,
-                          int* col_hi) {
+void measure_cut(const Mask& mask, int q0, int rows, int k0, int cols, tile_cut<BK, BQ>& cut) {
   for (int j = 0; j < BK; ++j) {
     int lo = BQ, hi = 0;
     for (int c0 = 0; j < cols && c0 < rows; c0 += 16) {
@@ -82,21 +82,14 @@ void visible_query_chunks(const Mask& mask, int q0, int rows, int k0, int cols, 
         hi = c0 + 16;
       }
     }
-    col_lo[j] = lo < hi ? lo : 0;
-    col_hi[j] = lo < hi ? hi : 0;
+    cut.query_lo[j] = lo < hi ? lo : 0;
+    cut.query_hi[j] = lo < hi ? hi : 0;
   }
-}
-
-/// For a tile the mask cuts: per query row i, the keys [k_lo[i], k_hi[i]) of the tile (relative
-/// to k0) within the hull of the keys it sees. Its probabilities outside are exactly 0, so the
-/// P V product may skip them.
-template <int BQ, class Mask>
-void visible_key_range(const Mask& mask, int q0, int rows, int k0, int cols, int* k_lo, int* k_hi) {
   for (int i = 0; i < BQ; ++i) {
     const key_span keys = i < rows ? mask.key_range(q0 + i) : key_span{};
     const int lo = std::max(keys.begin - k0, 0), hi = std::min(keys.end - k0, cols);
-    k_lo[i] = lo < hi ? lo : 0;
-    k_hi[i] = lo < hi ? hi : 0;
+    cut.key_lo[i] = lo < hi ? lo : 0;
+    cut.key_hi[i] = lo < hi ? hi : 0;
   }
 }
 
@@ -244,6 +237,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
         tiles.end() -
         std::max(1, detail::k_gate_prefetch_bytes / (2 * BK * dp * int(sizeof(F)))) * BK;
     bool gate_prefetched = !Gate::enabled;
+    detail::tile_cut<BK, BQ> measured_cut;
     for (int k0 = tiles.first(); tiles.visits(k0); k0 = tiles.next(k0)) {
       if (!gate_prefetched && k0 >= gate_prefetch_k0) {
         detail::prefetch_rows(a.gate_logits, b, span.q_begin + q0, rows, h, shape.gate_dim);
@@ -257,14 +251,12 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       const F* v_tile = v_packed + packed_at;
       // A tile the mask cuts (the causal diagonal) computes only the scores some query sees,
       // and P V only the keys in each row's hull: the diagonal tile costs about half a tile.
-      alignas(64) int cut_lo[BK > BQ ? BK : BQ], cut_hi[BK > BQ ? BK : BQ];
+      const detail::tile_cut<BK, BQ>* cut = nullptr;
       if (kind == tile_kind::partial) {
-        detail::visible_query_chunks<BK, BQ>(mask, q0, rows, k0, cols, cut_lo, cut_hi);
-        detail::tile_matmul_bt_cols<BK, BQ>(k_tile, dp, qt_tile, d, st_tile, cut_lo, cut_hi,
-                                            math::neg_inf<F>());
-      } else {
-        detail::tile_matmul_bt<BK, BQ>(k_tile, dp, qt_tile, d, st_tile);
+        detail::measure_cut(mask, q0, rows, k0, cols, measured_cut);
+        cut = &measured_cut;
       }
+      detail::tile_matmul_bt<BK, BQ>(k_tile, dp, qt_tile, d, st_tile, cut, math::neg_inf<F>());
 
       if constexpr (!Score::is_linear)
         for (int j = 0; j < cols; ++j)
@@ -276,12 +268,7 @@ void forward(const exec::host& ex, const forward_args<T>& a, const problem_shape
       detail::softmax_tile_columns<BK, BQ>(st_tile, row_max, row_sum, rescale);
       for (int i = 0; i < rows; ++i)
         if (rescale[i] != F(1)) detail::scale_row(o_acc + i * dp, dp, rescale[i]);
-      if (kind == tile_kind::partial) {
-        detail::visible_key_range<BQ>(mask, q0, rows, k0, cols, cut_lo, cut_hi);
-        detail::tile_matmul_at_acc_depth<BQ, BK>(st_tile, v_tile, dp, dp, o_acc, cut_lo, cut_hi);
-      } else {
-        detail::tile_matmul_at_acc<BQ, BK>(st_tile, v_tile, dp, dp, o_acc);
-      }
+      detail::tile_matmul_at_acc<BQ, BK>(st_tile, v_tile, dp, dp, o_acc, cut);
     }
 
     // Epilogue per row: add the sink, normalise, gate, router value (docs/method.md section 2).

@@ -223,26 +223,38 @@ inline void gemm_tile(const F* a, int a_row, int a_col, const F* b, int ldb, int
   }
 }
 
+/// Where a mask cuts a pair of tiles, [BK keys] x [BQ queries]: per key row, the query columns
+/// [query_lo, query_hi) (multiples of 16) that see it; per query row, the keys [key_lo, key_hi) of
+/// its hull. Products over a cut tile skip the rest, whose terms are exactly zero (host/forward.hpp
+/// measures it from the mask).
+template <int BK, int BQ>
+struct tile_cut {
+  int query_lo[BK], query_hi[BK], key_lo[BQ], key_hi[BQ];
+};
+
 /// gemm_tile over part of C: the block of rows [i0, i1) (the register block, path-dependent)
 /// computes only the columns [min col_lo, max col_hi) of its rows, and sums only the depth terms
-/// [min k_lo, max k_hi) of its rows (the caller guarantees the others are zero). Columns a block
-/// skips are set to `fill` when not accumulating and left as they are otherwise. Every computed
-/// element sums its products in ascending k, as gemm_tile does, so the terms it keeps give the
-/// same bits. col_lo and col_hi are multiples of 16; a row with col_lo >= col_hi or k_lo >= k_hi
-/// needs nothing.
+/// [min k_lo, max k_hi) of its rows (the caller guarantees the others are zero); a null pair
+/// means every column, or all k terms. Columns a block skips are set to `fill` when not
+/// accumulating and left as they are otherwise. Every computed element sums its products in
+/// ascending k, as gemm_tile does, so the terms it keeps give the same bits. Column bounds are
+/// multiples of 16; a row with an empty range needs nothing.
 template <int M, bool Accumulate, class F>
-inline void gemm_tile_ranged(const F* a, int a_row, int a_col, const F* b, int ldb, F* c, int ldc,
-                             int n, const int* col_lo, const int* col_hi, const int* k_lo,
+inline void gemm_tile_ranged(const F* a, int a_row, int a_col, const F* b, int ldb, int k, F* c,
+                             int ldc, int n, const int* col_lo, const int* col_hi, const int* k_lo,
                              const int* k_hi, F fill) {
   auto block = [&](int i0, int i1, auto compute) {
-    int c0 = n, c1 = 0, kb = 1 << 30, ke = 0;
-    for (int i = i0; i < i1; ++i)
-      if (col_lo[i] < col_hi[i] && k_lo[i] < k_hi[i]) {
-        c0 = col_lo[i] < c0 ? col_lo[i] : c0;
-        c1 = col_hi[i] > c1 ? col_hi[i] : c1;
-        kb = k_lo[i] < kb ? k_lo[i] : kb;
-        ke = k_hi[i] > ke ? k_hi[i] : ke;
+    int c0 = n, c1 = 0, kb = k, ke = 0;
+    for (int i = i0; i < i1; ++i) {
+      const int lo = col_lo ? col_lo[i] : 0, hi = col_lo ? col_hi[i] : n;
+      const int first = k_lo ? k_lo[i] : 0, last = k_lo ? k_hi[i] : k;
+      if (lo < hi && first < last) {
+        c0 = lo < c0 ? lo : c0;
+        c1 = hi > c1 ? hi : c1;
+        kb = first < kb ? first : kb;
+        ke = last > ke ? last : ke;
       }
+    }
     if (c0 >= c1) c0 = c1 = 0;
     if constexpr (!Accumulate)
       for (int i = i0; i < i1; ++i) {
@@ -256,12 +268,12 @@ inline void gemm_tile_ranged(const F* a, int a_row, int a_col, const F* b, int l
   if constexpr (std::is_same_v<F, float>) {
     constexpr int R = k_row_block, full = M / R * R;
     for (int i0 = 0; i0 < full; i0 += R)
-      block(i0, i0 + R, [&](const float* ab, const float* bb, int k, float* cb, int width) {
-        gemm_f32<R, Accumulate>(ab, a_row, a_col, bb, ldb, k, cb, ldc, width);
+      block(i0, i0 + R, [&](const float* ab, const float* bb, int kk, float* cb, int width) {
+        gemm_f32<R, Accumulate>(ab, a_row, a_col, bb, ldb, kk, cb, ldc, width);
       });
     if constexpr (M % R != 0)
-      block(full, M, [&](const float* ab, const float* bb, int k, float* cb, int width) {
-        gemm_f32<M % R, Accumulate>(ab, a_row, a_col, bb, ldb, k, cb, ldc, width);
+      block(full, M, [&](const float* ab, const float* bb, int kk, float* cb, int width) {
+        gemm_f32<M % R, Accumulate>(ab, a_row, a_col, bb, ldb, kk, cb, ldc, width);
       });
     return;
   }
@@ -269,8 +281,8 @@ inline void gemm_tile_ranged(const F* a, int a_row, int a_col, const F* b, int l
   constexpr int RB = 4;
   static_assert(M % RB == 0);
   for (int i0 = 0; i0 < M; i0 += RB)
-    block(i0, i0 + RB, [&](const F* ab, const F* bb, int k, F* cb, int width) {
-      gemm_tile<RB, Accumulate>(ab, a_row, a_col, bb, ldb, k, cb, ldc, width);
+    block(i0, i0 + RB, [&](const F* ab, const F* bb, int kk, F* cb, int width) {
+      gemm_tile<RB, Accumulate>(ab, a_row, a_col, bb, ldb, kk, cb, ldc, width);
     });
 }
 
@@ -278,55 +290,39 @@ inline void gemm_tile_ranged(const F* a, int a_row, int a_col, const F* b, int l
 // instantiation (compile time), and a call per tile costs nothing next to its multiply-adds.
 
 /// C[M][N] = A[M][ld] * Bt[ld][N] over the first `depth` columns of A (B stored transposed).
+/// With a cut (keys by rows), row i needs only the columns [query_lo[i], query_hi[i]); the
+/// columns its register block skips are set to `fill`.
 template <int M, int N, class F>
-[[gnu::noinline]] void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c) {
+[[gnu::noinline]] void tile_matmul_bt(const F* a, int ld, const F* bt, int depth, F* c,
+                                      const tile_cut<M, N>* cut = nullptr, F fill = F(0)) {
   static_assert(N % k_col_block == 0);
-  gemm_tile<M, false>(a, ld, 1, bt, N, depth, c, N, N);
+  if (cut == nullptr) return gemm_tile<M, false>(a, ld, 1, bt, N, depth, c, N, N);
+  gemm_tile_ranged<M, false>(a, ld, 1, bt, N, depth, c, N, N, cut->query_lo, cut->query_hi, nullptr,
+                             nullptr, fill);
 }
 
 /// C[M][ld] += A[M][N] * B[N][ld] over the first `width` (a multiple of the column block)
 /// columns of B and C.
+/// With a cut (keys by rows), row i sums only the terms [query_lo[i], query_hi[i]) (the others
+/// are zero).
 template <int M, int N, class F>
-[[gnu::noinline]] void tile_matmul_acc(const F* a, const F* b, int ld, int width, F* c) {
-  gemm_tile<M, true>(a, N, 1, b, ld, N, c, ld, width);
+[[gnu::noinline]] void tile_matmul_acc(const F* a, const F* b, int ld, int width, F* c,
+                                       const tile_cut<M, N>* cut = nullptr) {
+  if (cut == nullptr) return gemm_tile<M, true>(a, N, 1, b, ld, N, c, ld, width);
+  gemm_tile_ranged<M, true>(a, N, 1, b, ld, N, c, ld, width, nullptr, nullptr, cut->query_lo,
+                            cut->query_hi, F(0));
 }
 
 /// C[M][ld] += At^T * B[N][ld] for At stored [N][M] (so no transpose is written), over the first
 /// `width` columns: the backward's dV += P^T dO and dK += dS^T Q.
+/// With a cut (queries by rows), row i sums only the keys [key_lo[i], key_hi[i]) (the others are
+/// zero: probabilities of masked keys).
 template <int M, int N, class F>
-[[gnu::noinline]] void tile_matmul_at_acc(const F* at, const F* b, int ld, int width, F* c) {
-  gemm_tile<M, true>(at, 1, M, b, ld, N, c, ld, width);
-}
-
-/// tile_matmul_bt for a tile the mask cuts: row i of C needs only the columns [col_lo[i],
-/// col_hi[i]) (multiples of 16); the columns its register block skips are set to `fill`.
-template <int M, int N, class F>
-[[gnu::noinline]] void tile_matmul_bt_cols(const F* a, int ld, const F* bt, int depth, F* c,
-                                           const int* col_lo, const int* col_hi, F fill) {
-  static_assert(N % k_col_block == 0);
-  int k_lo[M], k_hi[M];
-  for (int i = 0; i < M; ++i) k_lo[i] = 0, k_hi[i] = depth;
-  gemm_tile_ranged<M, false>(a, ld, 1, bt, N, c, N, N, col_lo, col_hi, k_lo, k_hi, fill);
-}
-
-/// tile_matmul_acc for a tile the mask cuts: row i of C sums only the terms [k_lo[i], k_hi[i])
-/// of the N (the others are zero).
-template <int M, int N, class F>
-[[gnu::noinline]] void tile_matmul_acc_depth(const F* a, const F* b, int ld, int width, F* c,
-                                             const int* k_lo, const int* k_hi) {
-  int col_lo[M], col_hi[M];
-  for (int i = 0; i < M; ++i) col_lo[i] = 0, col_hi[i] = width;
-  gemm_tile_ranged<M, true>(a, N, 1, b, ld, c, ld, width, col_lo, col_hi, k_lo, k_hi, F(0));
-}
-
-/// tile_matmul_at_acc for a tile the mask cuts: row i of C sums only the terms [k_lo[i],
-/// k_hi[i]) of the N (the others are zero: probabilities of masked keys).
-template <int M, int N, class F>
-[[gnu::noinline]] void tile_matmul_at_acc_depth(const F* at, const F* b, int ld, int width, F* c,
-                                                const int* k_lo, const int* k_hi) {
-  int col_lo[M], col_hi[M];
-  for (int i = 0; i < M; ++i) col_lo[i] = 0, col_hi[i] = width;
-  gemm_tile_ranged<M, true>(at, 1, M, b, ld, c, ld, width, col_lo, col_hi, k_lo, k_hi, F(0));
+[[gnu::noinline]] void tile_matmul_at_acc(const F* at, const F* b, int ld, int width, F* c,
+                                          const tile_cut<N, M>* cut = nullptr) {
+  if (cut == nullptr) return gemm_tile<M, true>(at, 1, M, b, ld, N, c, ld, width);
+  gemm_tile_ranged<M, true>(at, 1, M, b, ld, N, c, ld, width, nullptr, nullptr, cut->key_lo,
+                            cut->key_hi, F(0));
 }
 
 /// exp for float as straight-line arithmetic (math::exp_poly: Cephes' polynomial, about 1 ulp,
