@@ -191,6 +191,25 @@ BOOST_AUTO_TEST_CASE(row_reductions_follow_the_lane_tree, *utf::precondition(cpu
       for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
     BOOST_TEST(sum == lanes[0], "n = " << n);
   }
+  // dot_row (the backward's per-row dot products): product j into partial sum j mod 16, the same
+  // tree; any n, the last partial sums short.
+  for (int n : {5, 16, 48, 64, 80, 100, 128}) {
+    std::vector<float> x(n), y(n);
+    for (float& v : x) v = dist(rng);
+    for (float& v : y) v = dist(rng);
+    float lanes[16] = {};
+    double exact = 0, magnitude = 0;
+    for (int j = 0; j < n; ++j) {
+      lanes[j % 16] += x[j] * y[j];
+      exact += double(x[j]) * double(y[j]);
+      magnitude += std::abs(double(x[j]) * double(y[j]));
+    }
+    for (int width = 8; width >= 1; width /= 2)
+      for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+    const float dot = dot_row<float>(x.data(), y.data(), n);
+    BOOST_TEST(dot == lanes[0], "n = " << n);
+    BOOST_TEST(std::abs(double(dot) - exact) <= 1e-6 * magnitude, "n = " << n);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(vanilla_causal_tile_boundaries, *utf::precondition(cpu_has_avx2())) {

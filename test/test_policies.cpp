@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <boost/test/unit_test.hpp>
 #include <cmath>
+#include <cstring>
 #include <iomanip>
 #include <limits>
 #include <random>
@@ -684,6 +685,36 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
   for (double z0 : {-3.0, -0.2, 0.0, 1.1, 4.0}) check_gate_fd<sm::gate::headwise>({z0});
   check_gate_fd<sm::gate::elementwise>({-3.0, -0.2, 0.0, 1.1, 4.0});
   check_gate_fd<sm::gate::elementwise>({2.5, 2.5, -1.0, 0.3, -6.0});
+}
+
+// A gate's backward takes sigmoid(z) and 1 - sigmoid(z) from sigmoid_both (one exponential on the
+// host's float path): each must be the bits sigmoid(z) and sigmoid(-z) give, signed zeros,
+// infinities and the clamps of exp_poly included.
+template <class F>
+void check_sigmoid_both_bits() {
+  std::vector<F> xs;
+  using limits = std::numeric_limits<F>;
+  for (F v : {F(0), F(1e-30), F(0.5), F(3), F(86.9), F(87.5), F(89), F(1e4), limits::infinity(),
+              limits::denorm_min(), limits::max()}) {
+    xs.push_back(v);
+    xs.push_back(-v);
+  }
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<F> u(F(-30), F(30));
+  for (int i = 0; i < 2000; ++i) xs.push_back(u(rng));
+  for (F x : xs) {
+    BOOST_TEST_CONTEXT("x = " << std::setprecision(17) << x) {
+      const sm::math::sigmoid_pair<F> both = sm::math::sigmoid_both(x);
+      const F value = sm::math::sigmoid(x), complement = sm::math::sigmoid(-x);
+      BOOST_TEST(std::memcmp(&both.value, &value, sizeof(F)) == 0);
+      BOOST_TEST(std::memcmp(&both.complement, &complement, sizeof(F)) == 0);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(sigmoid_both_is_two_sigmoids_bit_for_bit) {
+  check_sigmoid_both_bits<float>();
+  check_sigmoid_both_bits<double>();
 }
 
 BOOST_AUTO_TEST_CASE(extreme_logits_give_no_nan) {

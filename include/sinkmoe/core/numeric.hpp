@@ -146,5 +146,24 @@ SINKMOE_HD inline F sigmoid(F x) {
   return e / (F(1) + e);
 }
 
+/// sigmoid(x) and sigmoid(-x) = 1 - sigmoid(x), bit for bit as sigmoid gives each; the host's
+/// float path shares one exponential between them (a gate's backward needs both per channel).
+template <class F>
+struct sigmoid_pair {
+  F value, complement;
+};
+template <class F>
+SINKMOE_HD inline sigmoid_pair<F> sigmoid_both(F x) {
+#if !defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<F, float>) {
+    // sigmoid's own steps: exp(-|x|) is the same for x and -x (only min's order differs).
+    const float e = exp_poly(min(x, -x));
+    const float r = 1.0f / (1.0f + e);
+    return {x >= 0.0f ? r : e * r, -x >= 0.0f ? r : e * r};
+  }
+#endif
+  return {sigmoid(x), sigmoid(-x)};
+}
+
 }  // namespace math
 }  // namespace sinkmoe

@@ -478,6 +478,19 @@ inline F fold16(F* t) {
   return t[0];
 }
 
+/// sum_c x[c] y[c] over n elements (any n) of two rows of any element types, summed as F in 16
+/// partial sums folded by fold16: vectorisable, where one running sum is a chain of n dependent
+/// multiply-adds, and the same association on every path.
+template <class F, class X, class Y>
+inline F dot_row(const X* x, const Y* y, int n) {
+  F part[16] = {};
+  int c = 0;
+  for (; c + 16 <= n; c += 16)
+    for (int j = 0; j < 16; ++j) part[j] += to_accum<F>(x[c + j]) * to_accum<F>(y[c + j]);
+  for (int j = 0; c + j < n; ++j) part[j] += to_accum<F>(x[c + j]) * to_accum<F>(y[c + j]);
+  return fold16(part);
+}
+
 /// out[j] = exp(x[j] - shift) (0 where x[j] = -inf); returns sum_j out[j].
 template <class F>
 inline F exp_row_sum(const F* x, F shift, int n, F* out) {

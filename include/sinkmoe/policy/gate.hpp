@@ -81,8 +81,7 @@ struct headwise {
   template <class F>
   SINKMOE_HD static void backward_row(const F* dy, const F* y, F* d_attn_out, int d, const F* z,
                                       F gbar, F* dz) {
-    const F g = math::sigmoid(z[0]);
-    const F one_minus_g = math::sigmoid(-z[0]);
+    const auto [g, one_minus_g] = math::sigmoid_both(z[0]);
     F dy_dot_y = F(0);
     SINKMOE_OMP_SIMD(reduction(+ : dy_dot_y))
     for (int c = 0; c < d; ++c) {
@@ -127,8 +126,7 @@ struct elementwise {
     const F gbar_per_channel = gbar / F(d);
     SINKMOE_OMP_SIMD()
     for (int c = 0; c < d; ++c) {
-      const F g = math::sigmoid(z[c]);
-      const F one_minus_g = math::sigmoid(-z[c]);
+      const auto [g, one_minus_g] = math::sigmoid_both(z[c]);
       d_attn_out[c] = g * dy[c];
       dz[c] = one_minus_g * dy[c] * y[c] + g * one_minus_g * gbar_per_channel;
     }
