@@ -456,14 +456,25 @@ int run_train(const parsed_args& a, data_parallel* dp) {
 int run_train(const parsed_args& a) {
   if (!a.has("--data-parallel")) return run_train(a, nullptr);
   const std::unique_ptr<data_parallel> dp = open_data_parallel();  // usage error without MPI
+  // A failure every rank meets alike (input checks end in a collective): one rank prints why,
+  // then all wait for each other before they exit. mpirun ends the job at the first non-zero
+  // exit, so a silent rank that left at once could get the printing rank killed mid-message.
+  const auto end_together = [&](int code, const char* kind, const char* message) {
+    if (message) {
+      std::fprintf(stderr, "tiny_lm: %s%s\n", kind, message);  // as main() prints them
+      std::fflush(stderr);
+    }
+    dp->barrier();
+    return code;
+  };
   try {
     return run_train(a, dp.get());
-  } catch (const rank_exit&) {
-    throw;  // another rank printed why; every rank ends alike
-  } catch (const usage_error&) {
-    throw;  // met by every rank alike (input checks end in a collective), printed by one
-  } catch (const collective_failure&) {
-    throw;
+  } catch (const rank_exit& e) {
+    return end_together(e.code, "", nullptr);  // another rank prints why
+  } catch (const usage_error& e) {
+    return end_together(k_exit_usage, "", e.what());
+  } catch (const collective_failure& e) {
+    return end_together(k_exit_failure, "error: ", e.what());
   } catch (const std::exception& e) {
     if (dp->ranks() == 1) throw;
     // A failure of this rank alone (an I/O error on rank 0, say): the others may be waiting

@@ -74,6 +74,8 @@ class data_parallel {
   /// Each rank passes its exit code (0: it is fine). Returns, on every rank, the lowest rank that
   /// failed (ranks() when none did) and the largest code (collective).
   [[nodiscard]] virtual std::pair<int, int> first_failure(int code) = 0;
+  /// Returns once every rank has called it (collective).
+  virtual void barrier() = 0;
   /// The balancing loss of a model's layers x heads over the global batch:
   /// sinkmoe::balance::distributed_cv2 with an mpi_reducer (collective: every rank constructs it).
   [[nodiscard]] virtual step_balancer<float> balancer(const sinkmoe::balance::importance_cv2& reg,

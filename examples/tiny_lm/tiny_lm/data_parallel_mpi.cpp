@@ -69,6 +69,8 @@ class mpi_data_parallel final : public data_parallel {
     return {v[0], -v[1]};
   }
 
+  void barrier() override { MPI_Barrier(MPI_COMM_WORLD); }
+
   [[nodiscard]] step_balancer<float> balancer(const sinkmoe::balance::importance_cv2& reg,
                                               int layers, int heads) override {
     namespace bal = sinkmoe::balance;
